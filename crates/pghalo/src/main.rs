@@ -1,0 +1,176 @@
+//! The `pghalo` binary: argument parsing and dispatch into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use pghalo::lab::{InitOptions, Lab, LabError, StopMode};
+
+#[derive(Parser)]
+#[command(
+    name = "pghalo",
+    version,
+    about = "PostgreSQL high-availability middleware"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Local clusters of real PostgreSQL for demos, tests and benchmarks.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// Brings up a replicated lab cluster, prints how to reach it, and serves
+    /// until Ctrl-C, then removes it.
+    Demo {
+        /// Where to build the lab (default: a new directory under $TMPDIR).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        backends: usize,
+        #[arg(long)]
+        pg_bin: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Creates a primary and streaming standbys in a new or empty directory.
+    Init {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Number of PostgreSQL nodes (node0 is the primary).
+        #[arg(long, default_value_t = 3)]
+        backends: usize,
+        /// Synchronous replication: synchronous_standby_names = 'ANY 1 (standbys)'.
+        #[arg(long)]
+        sync: bool,
+        /// First port to use (P, P+1, ...); free ports are picked if absent.
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Directory of the PostgreSQL server binaries (else PG_BIN, pg_config, /usr/lib/postgresql/*/bin).
+        #[arg(long)]
+        pg_bin: Option<PathBuf>,
+    },
+    /// Starts every node that is not running.
+    Start(DirArg),
+    /// Stops every node that is running.
+    Stop(DirArg),
+    /// Prints each node's role, LSNs and replication state.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops every node and removes the lab directory.
+    Destroy(DirArg),
+}
+
+#[derive(Args)]
+struct DirArg {
+    /// The lab directory.
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGHALO_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pghalo: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pghalo: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), LabError> {
+    match command {
+        Command::Lab { command } => lab(command).await,
+        Command::Demo {
+            dir,
+            backends,
+            pg_bin,
+        } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("pghalo-demo-{}", std::process::id()))
+            });
+            pghalo::lab::demo::run(InitOptions {
+                backends,
+                pg_bin,
+                ..InitOptions::new(dir)
+            })
+            .await
+        }
+    }
+}
+
+async fn lab(command: LabCommand) -> Result<(), LabError> {
+    match command {
+        LabCommand::Init {
+            dir,
+            backends,
+            sync,
+            base_port,
+            pg_bin,
+        } => {
+            let lab = Lab::init(&InitOptions {
+                dir: dir.dir,
+                backends,
+                sync,
+                base_port,
+                pg_bin,
+            })
+            .await?;
+            println!(
+                "lab initialised in {}; start it with: pghalo lab start --dir {}",
+                lab.dir().display(),
+                lab.dir().display()
+            );
+            Ok(())
+        }
+        LabCommand::Start(dir) => Lab::open(&dir.dir)?.start().await,
+        LabCommand::Stop(dir) => Lab::open(&dir.dir)?.stop(StopMode::Fast).await,
+        LabCommand::Status { dir, json } => {
+            let status = Lab::open(&dir.dir)?.status().await?;
+            if json {
+                let text =
+                    serde_json::to_string_pretty(&status).map_err(|e| LabError::Command {
+                        what: "rendering JSON".into(),
+                        detail: e.to_string(),
+                    })?;
+                println!("{text}");
+            } else {
+                print!("{}", status.table());
+            }
+            Ok(())
+        }
+        LabCommand::Destroy(dir) => Lab::open(&dir.dir)?.destroy().await,
+    }
+}

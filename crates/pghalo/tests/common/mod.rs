@@ -1,0 +1,238 @@
+//! The integration-test harness: real PostgreSQL labs for test binaries.
+//!
+//! Each test binary shares one lab (`shared_lab`), built on first use; tests
+//! that stop or reconfigure servers build their own (`TestLab::build`).
+//! Every lab is watched by a reaper process that destroys it when the test
+//! process goes away, however it goes (pass, fail, panic, SIGKILL): the
+//! reaper waits for end-of-file on a pipe whose write end only this process
+//! holds.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pghalo::lab::{InitOptions, Lab};
+
+pub const PGHALO: &str = env!("CARGO_BIN_EXE_pghalo");
+
+pub struct TestLab {
+    pub lab: Lab,
+    /// Dropping this closes the pipe, and the reaper destroys the lab.
+    reaper_pipe: Mutex<Option<ChildStdin>>,
+    reaper: Mutex<Option<Child>>,
+}
+
+impl TestLab {
+    /// Builds, starts and waits for a lab; `configure` adjusts the defaults
+    /// (3 backends, asynchronous replication).
+    pub fn build(tag: &str, configure: impl FnOnce(&mut InitOptions)) -> TestLab {
+        let dir = unique_dir(tag);
+        let (reaper, pipe) = spawn_reaper(&dir);
+        let mut opts = InitOptions::new(&dir);
+        configure(&mut opts);
+        let lab = block_on(async move {
+            let lab = Lab::init(&opts).await?;
+            lab.start().await?;
+            Ok::<_, pghalo::lab::LabError>(lab)
+        })
+        .unwrap_or_else(|e| panic!("building the test lab in {}: {e}", dir.display()));
+        TestLab {
+            lab,
+            reaper_pipe: Mutex::new(Some(pipe)),
+            reaper: Mutex::new(Some(reaper)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.lab.dir()
+    }
+
+    /// Destroys the lab now and waits for the reaper to finish doing it.
+    pub fn destroy(&self) {
+        if let Ok(mut pipe) = self.reaper_pipe.lock() {
+            pipe.take();
+        }
+        if let Some(mut child) = self.reaper.lock().ok().and_then(|mut r| r.take()) {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
+/// The lab shared by every test of this binary: 3 nodes, asynchronous.
+pub fn shared_lab() -> &'static TestLab {
+    static LAB: OnceLock<TestLab> = OnceLock::new();
+    LAB.get_or_init(|| TestLab::build("shared", |_| {}))
+}
+
+/// A directory path under the system temp dir that no other test (of any
+/// binary running in parallel) uses; it does not exist yet.
+pub fn unique_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    std::env::temp_dir().join(format!(
+        "pghalo-test-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// A reaper for a lab that something other than `TestLab` builds (the demo):
+/// the lab in `dir` is destroyed when the returned guard is dropped or the
+/// test process ends.
+pub fn reap_on_exit(dir: &Path) -> ReaperGuard {
+    let (child, pipe) = spawn_reaper(dir);
+    ReaperGuard {
+        child,
+        pipe: Some(pipe),
+    }
+}
+
+pub struct ReaperGuard {
+    child: Child,
+    pipe: Option<ChildStdin>,
+}
+
+impl Drop for ReaperGuard {
+    fn drop(&mut self) {
+        self.pipe.take();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_reaper(dir: &Path) -> (Child, ChildStdin) {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"read -r _; [ -f "$1/lab.json" ] && exec "$0" lab destroy --dir "$1"; exit 0"#)
+        .arg(PGHALO)
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group: a Ctrl-C aimed at the test run must not
+        // kill the reaper before it has cleaned up.
+        .process_group(0)
+        .spawn()
+        .expect("spawning the lab reaper");
+    let pipe = child.stdin.take().expect("reaper stdin is piped");
+    (child, pipe)
+}
+
+/// Runs a future to completion on a runtime of its own, so the harness works
+/// from plain and async tests alike.
+pub fn block_on<F>(future: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test runtime")
+            .block_on(future)
+    })
+    .join()
+    .expect("harness thread panicked")
+}
+
+/// Runs the pghalo binary; returns (exit success, stdout, stderr).
+pub fn pghalo(args: &[&str]) -> (bool, String, String) {
+    pghalo_env(args, &[])
+}
+
+pub fn pghalo_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = Command::new(PGHALO)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running pghalo");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The postmaster pid of every node of the lab in `dir` that is running.
+pub fn postmaster_pids(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("postmaster.pid")).ok())
+        .filter_map(|text| text.lines().next()?.trim().parse().ok())
+        .filter(|&pid| process_alive(pid))
+        .collect()
+}
+
+/// Live (non-zombie) process, or any live child of it.
+pub fn process_alive(pid: i32) -> bool {
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    };
+    alive(pid) || children(pid).into_iter().any(alive)
+}
+
+fn children(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<i32>()
+                        .ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn write_file(path: &Path, text: &str) {
+    let mut f = std::fs::File::create(path).expect("create file");
+    f.write_all(text.as_bytes()).expect("write file");
+}
