@@ -9,10 +9,12 @@
 //! each module's own docs say what it owns and what it must not touch.
 
 pub mod admin;
+
 pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
+pub mod daemon;
 pub mod failover;
 pub mod health;
 pub mod lab;

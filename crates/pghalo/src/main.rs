@@ -19,6 +19,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the daemon: the proxy on the configured listeners until SIGINT
+    /// or SIGTERM; SIGHUP reloads the configuration.
+    Run {
+        /// The configuration file.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Adds or updates a user's entry in a pool_passwd file (pgpool's
+    /// pg_md5 / pg_enc); the password is read from standard input or asked
+    /// for on the terminal, never taken from the command line.
+    Passwd(pghalo::config::passwd::PasswdArgs),
+    /// Checks a configuration file (and the hba and password files it
+    /// names) without starting anything.
+    CheckConfig {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
     /// Local clusters of real PostgreSQL for demos, tests and benchmarks.
     Lab {
         #[command(subcommand)]
@@ -55,6 +72,9 @@ enum LabCommand {
         /// Directory of the PostgreSQL server binaries (else PG_BIN, pg_config, /usr/lib/postgresql/*/bin).
         #[arg(long)]
         pg_bin: Option<PathBuf>,
+        /// Number of pghalo instances in front of the nodes.
+        #[arg(long, default_value_t = 1)]
+        proxies: usize,
     },
     /// Starts every node that is not running.
     Start(DirArg),
@@ -110,9 +130,23 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command) -> Result<(), LabError> {
+async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Lab { command } => lab(command).await,
+        Command::Run { config } => {
+            let daemon = pghalo::daemon::Daemon::start(&config).await?;
+            daemon.run_until_signalled().await?;
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let summary = pghalo::daemon::check_config(&config)?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::Passwd(args) => {
+            println!("{}", pghalo::config::passwd::passwd_command(args)?);
+            Ok(())
+        }
+        Command::Lab { command } => Ok(lab(command).await?),
         Command::Demo {
             dir,
             backends,
@@ -121,12 +155,12 @@ async fn dispatch(command: Command) -> Result<(), LabError> {
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("pghalo-demo-{}", std::process::id()))
             });
-            pghalo::lab::demo::run(InitOptions {
+            Ok(pghalo::lab::demo::run(InitOptions {
                 backends,
                 pg_bin,
                 ..InitOptions::new(dir)
             })
-            .await
+            .await?)
         }
     }
 }
@@ -139,6 +173,7 @@ async fn lab(command: LabCommand) -> Result<(), LabError> {
             sync,
             base_port,
             pg_bin,
+            proxies,
         } => {
             let lab = Lab::init(&InitOptions {
                 dir: dir.dir,
@@ -146,6 +181,7 @@ async fn lab(command: LabCommand) -> Result<(), LabError> {
                 sync,
                 base_port,
                 pg_bin,
+                proxies,
             })
             .await?;
             println!(

@@ -35,7 +35,8 @@ fn demo_serves_a_replicated_cluster_until_interrupted() {
         }
     }
     let text = shown.join("\n");
-    assert!(text.contains("node0  primary"), "{text}");
+    assert!(text.contains("node0    primary"), "{text}");
+    assert!(text.contains("# pghalo0 (pghalo)"), "{text}");
     assert!(text.contains("streaming (async)"), "{text}");
     assert!(text.contains("psql -h 127.0.0.1 -p"), "{text}");
 

@@ -1,6 +1,6 @@
-//! `pghalo demo`: the README's main job. For now it brings up a replicated
-//! lab, prints its status and how to connect, and serves until Ctrl-C (or
-//! SIGTERM), then removes the lab. Later issues put proxies in front.
+//! `pghalo demo`: the README's main job. It brings up a replicated lab
+//! with pghalo in front, prints its status and how to connect, and serves
+//! until Ctrl-C (or SIGTERM), then removes the lab.
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -35,12 +35,21 @@ async fn serve(lab: &Lab, stop: &mut Stop) -> Result<(), LabError> {
     let status = lab.status().await?;
     let pgpass = lab.pgpass();
     let mut text = format!(
-        "pghalo demo: a {}-node PostgreSQL {} cluster with streaming replication\n\n{}\nConnect to any node (passwords are in {}):\n",
+        "pghalo demo: a {}-node PostgreSQL {} cluster with streaming replication, pghalo in front\n\n{}\nConnect through pghalo, or to any node directly (passwords are in {}):\n",
         status.nodes.len(),
         status.pg_version,
         status.table(),
         pgpass.display()
     );
+    for proxy in &status.proxies {
+        text.push_str(&format!(
+            "  PGPASSFILE={} psql -h {} -p {} -U {SUPERUSER} postgres    # {} (pghalo)\n",
+            pgpass.display(),
+            proxy.host,
+            proxy.port,
+            proxy.name
+        ));
+    }
     for node in &status.nodes {
         text.push_str(&format!(
             "  PGPASSFILE={} psql -h {} -p {} -U {SUPERUSER} postgres    # {} ({})\n",

@@ -40,6 +40,9 @@ pub enum LabError {
     #[error("no free block of {0} ports was found between 20000 and 32000")]
     NoFreePorts(usize),
 
+    #[error("--proxies must be between 0 and 16, not {0}")]
+    ProxyCount(usize),
+
     #[error("--backends must be between 1 and 16, not {0}")]
     BackendCount(usize),
 

@@ -8,6 +8,7 @@
 //! DIR/archive/       WAL archive (archive_command copies here)
 //! DIR/log/NODE.log   server logs
 //! DIR/NODE/          data directories
+//! DIR/PROXY/         a pghalo's configuration and pid file
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,11 @@ impl LabLayout {
     pub fn data_dir(&self, node: &str) -> PathBuf {
         self.dir.join(node)
     }
+    /// A proxy's configuration directory (pghalo.toml, pool_hba.conf,
+    /// pool_passwd, pghalo.pid).
+    pub fn proxy_dir(&self, proxy: &str) -> PathBuf {
+        self.dir.join(proxy)
+    }
 
     pub fn read_manifest(&self) -> Result<Manifest, LabError> {
         let path = self.manifest();
@@ -87,12 +93,26 @@ pub struct Manifest {
     pub server_user: String,
     pub sync: bool,
     pub nodes: Vec<NodeSpec>,
+    /// pghalo instances in front of the nodes (`--proxies`).
+    #[serde(default)]
+    pub proxies: Vec<ProxySpec>,
 }
 
 impl Manifest {
+    /// Every port the lab holds: nodes first, then proxies.
     pub fn ports(&self) -> Vec<u16> {
-        self.nodes.iter().map(|n| n.port).collect()
+        self.nodes
+            .iter()
+            .map(|n| n.port)
+            .chain(self.proxies.iter().map(|p| p.port))
+            .collect()
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProxySpec {
+    pub name: String,
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

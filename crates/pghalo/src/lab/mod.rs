@@ -11,6 +11,7 @@ mod layout;
 mod pg_bin;
 mod ports;
 mod process;
+mod proxies;
 mod secrets;
 mod server_user;
 mod sql;
@@ -20,11 +21,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use error::LabError;
-pub use layout::{LabLayout, Manifest, NodeSpec};
+pub use layout::{LabLayout, Manifest, NodeSpec, ProxySpec};
 pub use pg_bin::{MIN_MAJOR, PgBin};
 pub use secrets::{HEALTH_USER, REPLICATION_USER, SUPERUSER, Secrets};
 pub use server_user::ServerUser;
-pub use status::{LabStatus, NodeStatus, ReplicationRow, Role};
+pub use status::{LabStatus, NodeStatus, ProxyStatus, ReplicationRow, Role};
 
 use process::{children_of, is_alive, kill_hard, last_lines, postmaster_pid, run};
 use sql::{connect, sql_error};
@@ -43,6 +44,8 @@ pub struct InitOptions {
     pub sync: bool,
     pub base_port: Option<u16>,
     pub pg_bin: Option<PathBuf>,
+    /// pghalo instances in front of the nodes.
+    pub proxies: usize,
 }
 
 impl InitOptions {
@@ -53,6 +56,7 @@ impl InitOptions {
             sync: false,
             base_port: None,
             pg_bin: None,
+            proxies: 1,
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct Lab {
     pub secrets: Secrets,
     pg: PgBin,
     user: ServerUser,
+    /// The pghalo binary proxies run (see `with_pghalo_bin`).
+    pghalo_bin: Option<PathBuf>,
 }
 
 impl Lab {
@@ -91,6 +97,9 @@ impl Lab {
     pub async fn init(opts: &InitOptions) -> Result<Lab, LabError> {
         if !(1..=16).contains(&opts.backends) {
             return Err(LabError::BackendCount(opts.backends));
+        }
+        if opts.proxies > 16 {
+            return Err(LabError::ProxyCount(opts.proxies));
         }
         let pg = PgBin::locate(opts.pg_bin.as_deref())?;
         let dir_existed = check_target_dir(&opts.dir)?;
@@ -128,7 +137,19 @@ impl Lab {
             secrets,
             pg,
             user,
+            pghalo_bin: None,
         })
+    }
+
+    /// Names the pghalo binary the lab's proxies run (tests, whose own
+    /// executable is not pghalo).
+    pub fn with_pghalo_bin(mut self, bin: impl Into<PathBuf>) -> Lab {
+        self.pghalo_bin = Some(bin.into());
+        self
+    }
+
+    pub fn proxy(&self, name: &str) -> Option<&ProxySpec> {
+        self.manifest.proxies.iter().find(|p| p.name == name)
     }
 
     pub fn dir(&self) -> &Path {
@@ -143,13 +164,14 @@ impl Lab {
         self.manifest.nodes.iter().find(|n| n.name == name)
     }
 
-    /// Starts every stopped node (running ones are left alone) and waits
-    /// until each standby streams from the primary.
+    /// Starts every stopped node (running ones are left alone), waits
+    /// until each standby streams from the primary, then starts the proxies.
     pub async fn start(&self) -> Result<(), LabError> {
         for node in &self.manifest.nodes {
             self.start_node(&node.name).await?;
         }
-        self.wait_for_replication(REPLICATION_WAIT).await
+        self.wait_for_replication(REPLICATION_WAIT).await?;
+        self.start_proxies().await
     }
 
     /// Starts one node if it is not running.
@@ -181,8 +203,9 @@ impl Lab {
         Ok(())
     }
 
-    /// Stops every running node; stopped ones are left alone.
+    /// Stops every running proxy and node; stopped ones are left alone.
     pub async fn stop(&self, mode: StopMode) -> Result<(), LabError> {
+        self.stop_proxies().await;
         for node in &self.manifest.nodes {
             self.stop_node(&node.name, mode).await?;
         }
@@ -417,7 +440,7 @@ async fn build(
         names.iter().map(|n| layout.data_dir(n)).collect(),
     ));
 
-    let ports = ports::reserve(opts.base_port, opts.backends, &dir)?;
+    let ports = ports::reserve(opts.base_port, opts.backends + opts.proxies, &dir)?;
     guard.ports = ports.clone();
     let manifest = Manifest {
         pg_bin: pg.dir.clone(),
@@ -430,6 +453,12 @@ async fn build(
             .map(|(name, &port)| NodeSpec {
                 name: name.clone(),
                 port,
+            })
+            .collect(),
+        proxies: (0..opts.proxies)
+            .map(|i| ProxySpec {
+                name: format!("pghalo{i}"),
+                port: ports[opts.backends + i],
             })
             .collect(),
     };
@@ -447,12 +476,15 @@ async fn build(
         secrets,
         pg,
         user,
+        pghalo_bin: None,
     };
 
     let primary = &lab.manifest.nodes[0];
     lab.initdb(primary).await?;
     lab.start_node(&primary.name).await?;
     lab.create_roles(primary).await?;
+    let verifiers = lab.scram_verifiers(primary).await?;
+    lab.write_proxy_configs(&verifiers)?;
     for standby in &lab.manifest.nodes[1..] {
         lab.basebackup(primary, standby).await?;
     }
@@ -571,6 +603,19 @@ impl Lab {
                 secs: SQL_TIMEOUT.as_secs(),
             })?
             .map_err(sql_error(&primary.name))
+    }
+
+    /// The lab users' SCRAM verifiers as the primary stores them.
+    async fn scram_verifiers(&self, primary: &NodeSpec) -> Result<Vec<(String, String)>, LabError> {
+        let client = self.connect(&primary.name).await?;
+        let rows = client
+            .query(
+                "SELECT rolname::text, rolpassword FROM pg_authid WHERE rolname = ANY($1) ORDER BY rolname",
+                &[&proxies::PROXY_USERS.to_vec()],
+            )
+            .await
+            .map_err(sql_error(&primary.name))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     async fn basebackup(&self, primary: &NodeSpec, standby: &NodeSpec) -> Result<(), LabError> {

@@ -22,6 +22,18 @@ pub struct LabStatus {
     pub dir: String,
     pub pg_version: String,
     pub nodes: Vec<NodeStatus>,
+    pub proxies: Vec<ProxyStatus>,
+}
+
+/// A pghalo instance of the lab.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub pid: Option<i32>,
+    /// "up" while its process runs, else "down".
+    pub status: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,6 +134,18 @@ impl LabStatus {
                 replication,
             ]);
         }
+        for p in &self.proxies {
+            let mut row: [String; 9] = Default::default();
+            row[0] = p.name.clone();
+            row[1] = "pghalo".to_string();
+            row[2] = p.port.to_string();
+            row[3] = p.pid.map_or("-".to_string(), |pid| pid.to_string());
+            row[8] = p.status.to_string();
+            for cell in &mut row[4..8] {
+                *cell = "-".to_string();
+            }
+            rows.push(row);
+        }
         let mut widths = [0usize; 9];
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
@@ -161,7 +185,23 @@ pub(super) async fn collect(lab: &Lab) -> Result<LabStatus, LabError> {
             .find(|r| r.application_name == node.name)
             .cloned();
     }
+    let proxies = lab
+        .manifest
+        .proxies
+        .iter()
+        .map(|p| {
+            let pid = lab.proxy_pid(p);
+            ProxyStatus {
+                name: p.name.clone(),
+                host: HOST.to_string(),
+                port: p.port,
+                pid,
+                status: if pid.is_some() { "up" } else { "down" },
+            }
+        })
+        .collect();
     Ok(LabStatus {
+        proxies,
         dir: lab.layout.dir.display().to_string(),
         pg_version: pg_version.clone(),
         nodes: out,

@@ -35,7 +35,7 @@ impl TestLab {
         let mut opts = InitOptions::new(&dir);
         configure(&mut opts);
         let lab = block_on(async move {
-            let lab = Lab::init(&opts).await?;
+            let lab = Lab::init(&opts).await?.with_pghalo_bin(PGHALO);
             lab.start().await?;
             Ok::<_, pghalo::lab::LabError>(lab)
         })
@@ -235,4 +235,81 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 pub fn write_file(path: &Path, text: &str) {
     let mut f = std::fs::File::create(path).expect("create file");
     f.write_all(text.as_bytes()).expect("write file");
+}
+
+/// A port nothing listens on right now (the kernel's pick), for in-process
+/// pghalo instances.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// A pghalo configuration in front of `lab`'s nodes, written into a new
+/// directory: `[pool]` and `[listen]` extras, an hba file and a
+/// pool_passwd (the lab users' SCRAM verifiers unless `passwd` is given).
+pub struct ProxyConfig {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl ProxyConfig {
+    pub fn write(
+        lab: &Lab,
+        tag: &str,
+        listen_extra: &str,
+        pool_extra: &str,
+        hba: &str,
+        passwd: Option<&str>,
+    ) -> ProxyConfig {
+        let dir = unique_dir(tag);
+        std::fs::create_dir_all(&dir).expect("config dir");
+        let port = free_port();
+        let mut text = format!(
+            "[listen]\nlisten_addresses = [\"127.0.0.1\"]\nport = {port}\n{listen_extra}\n[pool]\n{pool_extra}\n[auth]\npool_hba = \"pool_hba.conf\"\npool_passwd = \"pool_passwd\"\n"
+        );
+        for node in &lab.manifest.nodes {
+            text.push_str(&format!(
+                "\n[[backend]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+                node.name, node.port
+            ));
+        }
+        write_file(&dir.join("pghalo.toml"), &text);
+        write_file(&dir.join("pool_hba.conf"), hba);
+        let passwd = match passwd {
+            Some(p) => p.to_string(),
+            None => std::fs::read_to_string(lab.dir().join("pghalo0").join("pool_passwd"))
+                .expect("lab pool_passwd"),
+        };
+        write_file(&dir.join("pool_passwd"), &passwd);
+        ProxyConfig { dir, port }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("pghalo.toml")
+    }
+}
+
+impl Drop for ProxyConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// libpq-style connection string to `port` as `user`.
+pub fn conninfo(port: u16, user: &str, password: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={port} user={user} password={password} dbname=postgres connect_timeout=10"
+    )
+}
+
+/// Connects with tokio-postgres and drives the connection in the background.
+pub async fn pg_connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }

@@ -1,0 +1,331 @@
+//! One server connection: dialling a PostgreSQL backend, the startup and
+//! authentication exchange, and the bookkeeping a pool needs to know whether
+//! the connection is reusable (the transaction status of its last
+//! ReadyForQuery, the parameters the server reported).
+//!
+//! Owns: a server socket and its read buffer. Must not: know about clients.
+
+mod auth;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pghalo_protocol::backend::{self as be, BackendMessage, ErrorFields, TransactionStatus};
+use pghalo_protocol::frontend;
+use pghalo_protocol::{CancelKey, Decoder, SqlState};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::net::{ReadError, Stream, read_message};
+
+pub use auth::BackendCredentials;
+
+/// Where a backend listens: a host name or IP with a port, or a Unix socket
+/// directory (a host starting with '/', as libpq does).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.starts_with('/') {
+            write!(f, "{}/.s.PGSQL.{}", self.host, self.port)
+        } else if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl ServerAddr {
+    pub async fn dial(&self) -> std::io::Result<Stream> {
+        if self.host.starts_with('/') {
+            let path = format!("{}/.s.PGSQL.{}", self.host, self.port);
+            Ok(Stream::Unix(UnixStream::connect(path).await?))
+        } else {
+            Ok(Stream::tcp(
+                TcpStream::connect((self.host.as_str(), self.port)).await?,
+            ))
+        }
+    }
+}
+
+/// What the server sent to identify this session for cancellation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerKey {
+    pub pid: i32,
+    pub key: CancelKey,
+}
+
+/// An error the server itself reported, kept whole so it can be passed on
+/// to a client unchanged.
+#[derive(Debug, Clone)]
+pub struct ServerError {
+    /// The raw ErrorResponse body.
+    pub body: bytes::Bytes,
+    pub code: String,
+    pub message: String,
+}
+
+impl ServerError {
+    fn from_fields(body: bytes::Bytes) -> ServerError {
+        let (code, message) = match ErrorFields::parse_error(&body) {
+            Ok(fields) => (
+                fields
+                    .code()
+                    .and_then(|c| c.to_str().ok().map(str::to_string))
+                    .unwrap_or_default(),
+                fields
+                    .message()
+                    .and_then(|m| m.to_str().ok().map(str::to_string))
+                    .unwrap_or_default(),
+            ),
+            Err(_) => (
+                SqlState::INTERNAL_ERROR.code().to_string(),
+                "malformed error from server".to_string(),
+            ),
+        };
+        ServerError {
+            body,
+            code,
+            message,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: ServerAddr,
+        source: std::io::Error,
+    },
+    #[error("{addr} did not complete the connection within {} ms", .limit.as_millis())]
+    Timeout { addr: ServerAddr, limit: Duration },
+    #[error("{addr} refused the login: {} (SQLSTATE {})", .error.message, .error.code)]
+    Refused {
+        addr: ServerAddr,
+        error: ServerError,
+    },
+    #[error("{addr} asks for an authentication method pghalo cannot answer: {method}")]
+    UnsupportedAuth { addr: ServerAddr, method: String },
+    #[error("no usable credentials to log in to {addr} as this user: {why}")]
+    NoCredentials { addr: ServerAddr, why: String },
+    #[error("{addr} broke the protocol: {detail}")]
+    Protocol { addr: ServerAddr, detail: String },
+    #[error("connection to {addr} lost: {source}")]
+    Lost { addr: ServerAddr, source: ReadError },
+    #[error("{addr}: {} (SQLSTATE {})", .0.message, .0.code, addr = .1)]
+    Query(ServerError, ServerAddr),
+}
+
+impl BackendError {
+    /// The SQLSTATE a client is told when this stops its session.
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            BackendError::Connect { .. }
+            | BackendError::Timeout { .. }
+            | BackendError::Lost { .. } => SqlState::CONNECTION_FAILURE,
+            BackendError::Protocol { .. } => SqlState::PROTOCOL_VIOLATION,
+            BackendError::UnsupportedAuth { .. } | BackendError::NoCredentials { .. } => {
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            }
+            BackendError::Refused { error, .. } | BackendError::Query(error, _) => {
+                SqlState::from_code(&error.code).unwrap_or(SqlState::CONNECTION_FAILURE)
+            }
+        }
+    }
+}
+
+/// A logged-in server connection.
+#[derive(Debug)]
+pub struct ServerConnection {
+    pub addr: ServerAddr,
+    stream: Stream,
+    /// Bytes read from the server and not yet consumed.
+    pub read_buf: BytesMut,
+    pub decoder: Decoder,
+    pub key: Option<ServerKey>,
+    /// ParameterStatus values as the server last reported them.
+    pub params: BTreeMap<String, String>,
+    /// From the last ReadyForQuery.
+    pub tx_status: TransactionStatus,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConnection {
+    /// Dials `addr` and logs in as `user` to `database`, all within `limit`.
+    pub async fn connect(
+        addr: &ServerAddr,
+        user: &str,
+        database: &str,
+        credentials: &BackendCredentials,
+        limit: Duration,
+    ) -> Result<ServerConnection, BackendError> {
+        tokio::time::timeout(
+            limit,
+            Self::connect_inner(addr, user, database, credentials),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout {
+            addr: addr.clone(),
+            limit,
+        })?
+    }
+
+    async fn connect_inner(
+        addr: &ServerAddr,
+        user: &str,
+        database: &str,
+        credentials: &BackendCredentials,
+    ) -> Result<ServerConnection, BackendError> {
+        let stream = addr.dial().await.map_err(|source| BackendError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        let mut conn = ServerConnection {
+            addr: addr.clone(),
+            stream,
+            read_buf: BytesMut::with_capacity(crate::net::READ_CHUNK),
+            decoder: Decoder::default(),
+            key: None,
+            params: BTreeMap::new(),
+            tx_status: TransactionStatus::Idle,
+            created: Instant::now(),
+            last_used: Instant::now(),
+        };
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", user),
+            ("database", database),
+            ("application_name", "pghalo"),
+        ];
+        frontend::write_startup_message(&mut out, pghalo_protocol::ProtocolVersion::V3_0, &params)
+            .map_err(|e| conn.protocol(e))?;
+        conn.write_all(&out).await?;
+        auth::login(&mut conn, user, credentials).await?;
+        conn.await_ready().await?;
+        Ok(conn)
+    }
+
+    fn protocol(&self, detail: impl std::fmt::Display) -> BackendError {
+        BackendError::Protocol {
+            addr: self.addr.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    pub fn stream(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    /// The socket and the read buffer, borrowed apart for a relay.
+    pub fn io(&mut self) -> (&mut Stream, &mut BytesMut) {
+        (&mut self.stream, &mut self.read_buf)
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| BackendError::Lost {
+                addr: self.addr.clone(),
+                source: ReadError::Io(e),
+            })
+    }
+
+    pub async fn read(&mut self) -> Result<pghalo_protocol::Message, BackendError> {
+        read_message(&mut self.stream, &mut self.read_buf, &self.decoder)
+            .await
+            .map_err(|source| BackendError::Lost {
+                addr: self.addr.clone(),
+                source,
+            })
+    }
+
+    /// After authentication: collects ParameterStatus and BackendKeyData
+    /// until the first ReadyForQuery.
+    async fn await_ready(&mut self) -> Result<(), BackendError> {
+        loop {
+            let msg = self.read().await?;
+            match BackendMessage::parse(msg.tag, &msg.body).map_err(|e| self.protocol(e))? {
+                BackendMessage::BackendKeyData(k) => {
+                    self.key = k.cancel_key().map(|key| ServerKey { pid: k.pid, key });
+                }
+                BackendMessage::ParameterStatus(p) => self.note_parameter(&p),
+                BackendMessage::ReadyForQuery(r) => {
+                    self.tx_status = r.status;
+                    return Ok(());
+                }
+                BackendMessage::ErrorResponse(_) => {
+                    return Err(BackendError::Refused {
+                        addr: self.addr.clone(),
+                        error: ServerError::from_fields(msg.body),
+                    });
+                }
+                BackendMessage::NoticeResponse(_) => {}
+                other => {
+                    return Err(self.protocol(format!("unexpected {other:?} before ReadyForQuery")));
+                }
+            }
+        }
+    }
+
+    pub fn note_parameter(&mut self, p: &be::ParameterStatus<'_>) {
+        if let (Ok(name), Ok(value)) = (p.name.to_str(), p.value.to_str()) {
+            self.params.insert(name.to_string(), value.to_string());
+        }
+    }
+
+    /// Runs `sql` with the simple protocol and discards its results; used
+    /// for reset queries and session setup, never for client statements.
+    pub async fn execute(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        frontend::write_query(&mut out, sql).map_err(|e| self.protocol(e))?;
+        self.write_all(&out).await?;
+        let mut failure = None;
+        loop {
+            let msg = self.read().await?;
+            match msg.tag {
+                be::READY_FOR_QUERY => {
+                    let status = be::ReadyForQuery::parse(&msg.body)
+                        .map_err(|e| self.protocol(e))?
+                        .status;
+                    self.tx_status = status;
+                    self.last_used = Instant::now();
+                    return match failure {
+                        Some(error) => Err(BackendError::Query(error, self.addr.clone())),
+                        None => Ok(()),
+                    };
+                }
+                be::ERROR_RESPONSE => failure = Some(ServerError::from_fields(msg.body)),
+                be::PARAMETER_STATUS => {
+                    if let Ok(p) = be::ParameterStatus::parse(&msg.body) {
+                        self.note_parameter(&p);
+                    }
+                }
+                be::COPY_IN_RESPONSE => {
+                    // A setup query has no data to feed: fail the COPY so the
+                    // server returns to ReadyForQuery.
+                    let mut fail = BytesMut::new();
+                    fail.extend_from_slice(b"f\0\0\0\x05\0");
+                    self.write_all(&fail).await?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Asks the server to end the session politely; errors do not matter,
+    /// the socket is dropped either way.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        frontend::write_terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.write_all(&out)).await;
+    }
+}

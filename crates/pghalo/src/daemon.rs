@@ -1,0 +1,265 @@
+//! `pghalo run`: reads the configuration, binds the listeners, runs the
+//! proxy, applies SIGHUP reloads and stops on SIGINT/SIGTERM. The wiring
+//! between modules lives here so that each module stays ignorant of the
+//! others' construction.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+use crate::backend::ServerAddr;
+use crate::config::hba::HbaRules;
+use crate::config::passwd::PasswordFile;
+use crate::config::{BackendHost, Config, ConfigError, ListenAddress, ReloadPlan, reload_plan};
+use crate::pool::PoolSettings;
+use crate::proxy::{AuthFiles, Proxy, ProxySettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    AuthFile(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot install the {0} handler: {1}")]
+    Signal(&'static str, std::io::Error),
+}
+
+/// A running pghalo instance.
+pub struct Daemon {
+    path: PathBuf,
+    config: Arc<Config>,
+    proxy: Arc<Proxy>,
+    /// Turning this true stops every listener.
+    shutdown: watch::Sender<bool>,
+    tcp_addrs: Vec<SocketAddr>,
+    unix_paths: Vec<PathBuf>,
+}
+
+impl Daemon {
+    /// Loads `path`, binds every listener (all or none), and starts serving.
+    pub async fn start(path: &Path) -> Result<Daemon, DaemonError> {
+        let config = Arc::new(Config::load(path)?);
+        let auth = load_auth(&config)?;
+        let proxy = Proxy::new(proxy_settings(&config), auth, pool_settings(&config));
+        let (shutdown, watcher) = watch::channel(false);
+        let mut tcp = Vec::new();
+        for addr in listen_addrs(&config) {
+            let listener =
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| DaemonError::Listen {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+            tcp.push(listener);
+        }
+        let mut unix = Vec::new();
+        for dir in &config.listen.unix_socket_directories {
+            let path = dir.join(format!(".s.PGSQL.{}", config.listen.port));
+            let shown = path.display().to_string();
+            // A socket file left by a previous run that nothing answers on.
+            if std::os::unix::net::UnixStream::connect(&path).is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            let listener = UnixListener::bind(&path).map_err(|source| DaemonError::Listen {
+                addr: shown.clone(),
+                source,
+            })?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                &path,
+                std::fs::Permissions::from_mode(config.listen.unix_socket_permissions.bits()),
+            )
+            .map_err(|source| DaemonError::Listen {
+                addr: shown,
+                source,
+            })?;
+            unix.push((listener, path));
+        }
+        let tcp_addrs = tcp.iter().filter_map(|l| l.local_addr().ok()).collect();
+        for listener in tcp {
+            tokio::spawn(proxy.clone().serve_tcp(listener, watcher.clone()));
+        }
+        let mut unix_paths = Vec::new();
+        for (listener, path) in unix {
+            tokio::spawn(proxy.clone().serve_unix(listener, watcher.clone()));
+            unix_paths.push(path);
+        }
+        tracing::info!(config = %path.display(), listen = ?tcp_addrs, "pghalo is serving");
+        Ok(Daemon {
+            path: path.to_path_buf(),
+            config,
+            proxy,
+            shutdown,
+            tcp_addrs,
+            unix_paths,
+        })
+    }
+
+    /// Where TCP clients can connect.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Re-reads the configuration and the hba and password files. What can
+    /// change live does at once, without dropping clients; what needs a
+    /// restart is reported and left as it was. A file with an error changes
+    /// nothing.
+    pub fn reload(&mut self) -> Result<ReloadPlan, DaemonError> {
+        let new = Config::load(&self.path)?;
+        let auth = load_auth(&new)?;
+        let plan = reload_plan(&self.config, &new);
+        let applied = Arc::new(crate::config::apply_live(&self.config, &new));
+        self.proxy
+            .reload(proxy_settings(&applied), auth, pool_settings(&applied));
+        self.config = applied;
+        Ok(plan)
+    }
+
+    /// Stops accepting clients; sessions already running finish on their own.
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        for path in &self.unix_paths {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM, reloading on SIGHUP.
+    pub async fn run_until_signalled(mut self) -> Result<(), DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::Signal("SIGHUP", e))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| DaemonError::Signal("SIGTERM", e))?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match self.reload() {
+                    Ok(plan) => {
+                        for change in &plan.live {
+                            tracing::info!("reload applied: {change}");
+                        }
+                        for change in &plan.restart_required {
+                            tracing::warn!("reload: {change} needs a restart; keeping the running value");
+                        }
+                    }
+                    Err(e) => tracing::error!("reload refused, nothing changed: {e}"),
+                },
+                _ = int.recv() => break,
+                _ = term.recv() => break,
+            }
+        }
+        tracing::info!("pghalo is stopping");
+        self.stop();
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `pghalo check-config`: everything `run` would read, checked, and a
+/// one-paragraph summary of it.
+pub fn check_config(path: &Path) -> Result<String, DaemonError> {
+    let config = Config::load(path)?;
+    load_auth(&config)?;
+    let backends: Vec<String> = config
+        .backends
+        .iter()
+        .map(|b| format!("{} ({}:{})", b.name, b.host, b.port))
+        .collect();
+    Ok(format!(
+        "{}: OK; listening on {:?} port {}, {} pooling, backends: {}",
+        path.display(),
+        listen_addrs(&config),
+        config.listen.port,
+        config.pool.mode,
+        backends.join(", ")
+    ))
+}
+
+fn load_auth(config: &Config) -> Result<AuthFiles, DaemonError> {
+    let hba =
+        HbaRules::load(&config.auth.pool_hba).map_err(|e| DaemonError::AuthFile(e.to_string()))?;
+    let passwd = match &config.auth.pool_passwd {
+        Some(path) => PasswordFile::load(path, config.auth.pool_key_file.as_deref())
+            .map_err(|e| DaemonError::AuthFile(e.to_string()))?,
+        None => PasswordFile::default(),
+    };
+    Ok(AuthFiles {
+        hba,
+        passwd,
+        mock_secret: rand::random(),
+    })
+}
+
+fn listen_addrs(config: &Config) -> Vec<String> {
+    let port = config.listen.port;
+    let mut addrs = Vec::new();
+    for addr in &config.listen.listen_addresses {
+        match addr {
+            ListenAddress::Any => {
+                addrs.push(format!("0.0.0.0:{port}"));
+                addrs.push(format!("[::]:{port}"));
+            }
+            ListenAddress::Ip(ip) => addrs.push(SocketAddr::new(*ip, port).to_string()),
+            ListenAddress::Host(host) => addrs.push(format!("{host}:{port}")),
+        }
+    }
+    addrs
+}
+
+pub fn proxy_settings(config: &Config) -> ProxySettings {
+    let backends: Vec<ServerAddr> = config
+        .backends
+        .iter()
+        .map(|b| ServerAddr {
+            host: match &b.host {
+                BackendHost::Tcp(host) => host.clone(),
+                BackendHost::Unix(dir) => dir.display().to_string(),
+            },
+            port: b.port,
+        })
+        .collect();
+    let primary = config
+        .backends
+        .iter()
+        .position(|b| b.flags.always_primary)
+        .unwrap_or(0);
+    ProxySettings {
+        backends,
+        primary,
+        authentication_timeout: config.listen.authentication_timeout.limit(),
+        max_client_connections: config.listen.max_client_connections as usize,
+        max_message_len: 1 << 30,
+    }
+}
+
+/// What "0 = no limit" becomes where a deadline is needed.
+const FOREVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
+pub fn pool_settings(config: &Config) -> PoolSettings {
+    PoolSettings {
+        max_pool_size: config.pool.max_pool_size as usize,
+        max_lifetime: config.pool.max_lifetime.limit(),
+        idle_timeout: config.pool.idle_timeout.limit(),
+        checkout_timeout: config.pool.checkout_timeout.as_duration(),
+        connect_timeout: config.pool.connect_timeout.limit().unwrap_or(FOREVER),
+        reset_queries: config.pool.reset_query_list.0.clone(),
+    }
+}

@@ -1,0 +1,281 @@
+//! Server connections per (node, database, user).
+//!
+//! A connection leaves the pool only inside a [`PooledConnection`] guard,
+//! which holds one of the shard's permits. The guard goes back into the pool
+//! only through [`PooledConnection::release`], which checks that the
+//! connection is clean (ReadyForQuery seen with status idle) and resets it;
+//! a guard dropped any other way closes its connection, so a connection a
+//! vanished client left mid-request can never reach another client.
+//! Waiters queue on a fair semaphore: first come, first served, each for at
+//! most `checkout_timeout`.
+//!
+//! Owns: server connections at rest. Must not: change node health.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pghalo_protocol::SqlState;
+use pghalo_protocol::backend::TransactionStatus;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::backend::{BackendCredentials, BackendError, ServerAddr, ServerConnection};
+
+/// The limits a pool works within (from the `[pool]` configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub max_pool_size: usize,
+    pub max_lifetime: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub checkout_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Run, in order, before a session-mode connection is reused.
+    pub reset_queries: Vec<String>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_pool_size: 20,
+            max_lifetime: Some(Duration::from_secs(3600)),
+            idle_timeout: Some(Duration::from_secs(600)),
+            checkout_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            reset_queries: vec!["DISCARD ALL".to_string()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub node: usize,
+    pub database: String,
+    pub user: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection for user \"{user}\" became free within {} s (max_pool_size is {size})", .waited.as_secs())]
+    Exhausted {
+        user: String,
+        size: usize,
+        waited: Duration,
+    },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl PoolError {
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            PoolError::Exhausted { .. } => SqlState::TOO_MANY_CONNECTIONS,
+            PoolError::Backend(e) => e.sqlstate(),
+        }
+    }
+}
+
+/// Every pool of one pghalo instance.
+#[derive(Debug)]
+pub struct Pools {
+    shards: Mutex<HashMap<PoolKey, Arc<Shard>>>,
+    settings: arc_swap::ArcSwap<PoolSettings>,
+}
+
+#[derive(Debug)]
+struct Shard {
+    /// Idle connections, most recently used last (reused first: warm caches).
+    idle: Mutex<Vec<ServerConnection>>,
+    /// One permit per connection that may exist, idle or checked out.
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Pools {
+    pub fn new(settings: PoolSettings) -> Pools {
+        Pools {
+            shards: Mutex::new(HashMap::new()),
+            settings: arc_swap::ArcSwap::from_pointee(settings),
+        }
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// New limits apply to connections checked out from now on; a changed
+    /// pool size applies to shards created from now on.
+    pub fn update_settings(&self, settings: PoolSettings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    fn shard(&self, key: &PoolKey, size: usize) -> Arc<Shard> {
+        let mut shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shards
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Shard {
+                    idle: Mutex::new(Vec::new()),
+                    permits: Arc::new(Semaphore::new(size)),
+                    size,
+                })
+            })
+            .clone()
+    }
+
+    /// A clean server connection for `key`: an idle one if there is a live
+    /// one, else a new one, waiting first-in first-out for a free slot.
+    pub async fn checkout(
+        &self,
+        key: &PoolKey,
+        addr: &ServerAddr,
+        credentials: &BackendCredentials,
+    ) -> Result<PooledConnection, PoolError> {
+        let settings = self.settings();
+        let shard = self.shard(key, settings.max_pool_size);
+        let permit = tokio::time::timeout(
+            settings.checkout_timeout,
+            shard.permits.clone().acquire_owned(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| PoolError::Exhausted {
+            user: key.user.clone(),
+            size: shard.size,
+            waited: settings.checkout_timeout,
+        })?;
+        while let Some(mut conn) = shard.pop_idle() {
+            if expired(&conn, &settings) || !still_open(&mut conn).await {
+                tokio::spawn(conn.terminate());
+                continue;
+            }
+            return Ok(PooledConnection {
+                conn: Some(conn),
+                shard,
+                _permit: permit,
+                settings,
+            });
+        }
+        let conn = ServerConnection::connect(
+            addr,
+            &key.user,
+            &key.database,
+            credentials,
+            settings.connect_timeout,
+        )
+        .await?;
+        Ok(PooledConnection {
+            conn: Some(conn),
+            shard,
+            _permit: permit,
+            settings,
+        })
+    }
+
+    /// (connections idle, connections checked out) for `key`.
+    pub fn counts(&self, key: &PoolKey) -> (usize, usize) {
+        let shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shards.get(key).map_or((0, 0), |shard| {
+            let idle = shard.idle.lock().map_or(0, |idle| idle.len());
+            (idle, shard.size - shard.permits.available_permits())
+        })
+    }
+}
+
+impl Shard {
+    fn pop_idle(&self) -> Option<ServerConnection> {
+        self.idle.lock().ok()?.pop()
+    }
+}
+
+fn expired(conn: &ServerConnection, settings: &PoolSettings) -> bool {
+    let now = Instant::now();
+    settings
+        .max_lifetime
+        .is_some_and(|limit| now.duration_since(conn.created) >= limit)
+        || settings
+            .idle_timeout
+            .is_some_and(|limit| now.duration_since(conn.last_used) >= limit)
+}
+
+/// An idle connection has nothing to say: end-of-file means the server
+/// went away (restart, idle_session_timeout), anything else means it is out
+/// of step. Either way it must not be used.
+async fn still_open(conn: &mut ServerConnection) -> bool {
+    if !conn.read_buf.is_empty() {
+        return false;
+    }
+    let mut probe = [0u8; 1];
+    // A zero timeout still polls the read once: ready means closed or junk.
+    tokio::time::timeout(Duration::ZERO, conn.stream().read(&mut probe))
+        .await
+        .is_err()
+}
+
+/// A checked-out server connection. Dropping it closes the connection;
+/// only [`release`](Self::release) returns it to the pool.
+#[derive(Debug)]
+pub struct PooledConnection {
+    conn: Option<ServerConnection>,
+    shard: Arc<Shard>,
+    /// Held for as long as the connection exists outside the idle list.
+    _permit: OwnedSemaphorePermit,
+    settings: Arc<PoolSettings>,
+}
+
+impl PooledConnection {
+    pub fn get(&mut self) -> Option<&mut ServerConnection> {
+        self.conn.as_mut()
+    }
+
+    /// Gives the connection back. `reset` runs the reset queries first
+    /// (session mode). A connection that is not idle, fails its reset,
+    /// or has outlived `max_lifetime` is closed instead.
+    pub async fn release(mut self, reset: bool) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if conn.tx_status != TransactionStatus::Idle || !conn.read_buf.is_empty() {
+            tokio::spawn(conn.terminate());
+            return;
+        }
+        if reset && !self.settings.reset_queries.is_empty() {
+            let queries = self.settings.reset_queries.join("; ");
+            let limit = self.settings.connect_timeout;
+            let outcome = tokio::time::timeout(limit, conn.execute(&queries)).await;
+            if !matches!(outcome, Ok(Ok(()))) || conn.tx_status != TransactionStatus::Idle {
+                tokio::spawn(conn.terminate());
+                return;
+            }
+        }
+        if self
+            .settings
+            .max_lifetime
+            .is_some_and(|limit| conn.created.elapsed() >= limit)
+        {
+            tokio::spawn(conn.terminate());
+            return;
+        }
+        conn.last_used = Instant::now();
+        if let Ok(mut idle) = self.shard.idle.lock() {
+            idle.push(conn);
+        }
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        // Not released: its state is unknown, so it is closed, never reused.
+        if let (Some(conn), Ok(handle)) = (self.conn.take(), tokio::runtime::Handle::try_current())
+        {
+            handle.spawn(conn.terminate());
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Client authentication, pgpool-style (pool_hba.conf + pool_passwd) but
+//! safer: SCRAM-SHA-256 with constant-time checks, md5 and cleartext only
+//! where the hba rule says so, and failures that look the same whether or
+//! not the user exists.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use pghalo_protocol::backend as be;
+use pghalo_protocol::frontend::{PasswordMessage, SaslInitialResponse, SaslResponse};
+use pghalo_protocol::md5::Md5Secret;
+use pghalo_protocol::scram::{self, Nonce, ScramServer, ScramVerifier};
+use pghalo_protocol::{Decoder, SqlState, StartupMessage};
+use tokio::io::AsyncWriteExt;
+
+use super::error::ClientError;
+use crate::backend::BackendCredentials;
+use crate::config::hba::{AuthMethod, Connection, HbaRequest, HbaRules};
+use crate::config::passwd::{PasswordEntry, PasswordFile};
+use crate::net::{Stream, read_message};
+
+/// Password-phase messages are small; anything bigger is an attack.
+const MAX_AUTH_MESSAGE: u32 = 16 * 1024;
+
+/// Where a client connected from.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Unix,
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Unix => f.write_str("[local]"),
+            Peer::Tcp(addr) => write!(f, "{}", addr.ip()),
+        }
+    }
+}
+
+/// The authentication files in force; replaced whole on reload.
+#[derive(Debug)]
+pub struct AuthFiles {
+    pub hba: HbaRules,
+    pub passwd: PasswordFile,
+    /// Salts mock SCRAM exchanges for unknown users, so that a prober sees
+    /// stable, plausible salts.
+    pub mock_secret: [u8; 32],
+}
+
+/// Proof that a client authenticated: a session cannot ask for a server
+/// connection without one.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub user: String,
+    pub database: String,
+    /// What pghalo can present to the backends on this user's behalf.
+    pub credentials: BackendCredentials,
+}
+
+pub async fn authenticate(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    startup: &StartupMessage,
+    peer: Peer,
+    files: &AuthFiles,
+) -> Result<Authenticated, ClientError> {
+    let user = startup
+        .user()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            ClientError::fatal(
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?
+        .to_string();
+    let database = startup
+        .database()
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_string();
+    if startup
+        .param("replication")
+        .is_some_and(|r| !matches!(r, "false" | "off" | "no" | "0"))
+    {
+        return Err(ClientError::fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "pghalo does not proxy replication connections",
+        ));
+    }
+    let conn = match peer {
+        Peer::Unix => Connection::Local,
+        Peer::Tcp(addr) => Connection::Host {
+            addr: addr.ip(),
+            tls: false,
+        },
+    };
+    let host = describe_host(peer, &user, &database);
+    let Some(rule) = files.hba.find(&HbaRequest {
+        conn,
+        database: &database,
+        user: &user,
+    }) else {
+        tracing::warn!(%user, %database, %peer, "rejected: no pool_hba.conf entry");
+        return Err(ClientError::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("no pool_hba.conf entry for {host}"),
+        ));
+    };
+    let stored = files.passwd.lookup(&user);
+    let method = effective_method(rule.method, stored);
+    let mut exchange = Exchange {
+        stream,
+        buf,
+        decoder: Decoder::new(MAX_AUTH_MESSAGE),
+    };
+    let credentials = match method {
+        AuthMethod::Trust => credentials_from(stored),
+        AuthMethod::Reject => {
+            tracing::warn!(%user, %database, %peer, line = rule.line, "rejected by pool_hba.conf");
+            return Err(ClientError::fatal(
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("pool_hba.conf rejects connection for {host}"),
+            ));
+        }
+        AuthMethod::Password => exchange.cleartext(&user, stored, peer).await?,
+        AuthMethod::Md5 => exchange.md5(&user, stored, peer).await?,
+        AuthMethod::ScramSha256 => {
+            exchange
+                .scram(&user, stored, peer, &files.mock_secret)
+                .await?
+        }
+        AuthMethod::Cert => {
+            return Err(ClientError::fatal(
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!(
+                    "certificate authentication failed for user \"{user}\": the connection is not encrypted"
+                ),
+            ));
+        }
+    };
+    let mut ok = BytesMut::new();
+    be::write_authentication_ok(&mut ok);
+    exchange.send(&ok).await?;
+    Ok(Authenticated {
+        user,
+        database,
+        credentials,
+    })
+}
+
+/// PostgreSQL's wording for the connection in hba errors.
+fn describe_host(peer: Peer, user: &str, database: &str) -> String {
+    match peer {
+        Peer::Unix => format!("local connection, user \"{user}\", database \"{database}\""),
+        Peer::Tcp(addr) => format!(
+            "host \"{}\", user \"{user}\", database \"{database}\", no encryption",
+            addr.ip()
+        ),
+    }
+}
+
+/// md5 rules do SCRAM when the stored secret is a SCRAM verifier, as
+/// PostgreSQL does.
+fn effective_method(method: AuthMethod, stored: Option<&PasswordEntry>) -> AuthMethod {
+    match (method, stored) {
+        (AuthMethod::Md5, Some(PasswordEntry::Scram(_))) => AuthMethod::ScramSha256,
+        (method, _) => method,
+    }
+}
+
+fn credentials_from(stored: Option<&PasswordEntry>) -> BackendCredentials {
+    match stored {
+        Some(PasswordEntry::Plain(secret)) => {
+            BackendCredentials::Password(secret.expose().as_bytes().to_vec())
+        }
+        Some(PasswordEntry::Md5(hash)) => BackendCredentials::Md5Hash(hash.clone()),
+        Some(PasswordEntry::Scram(_)) | None => BackendCredentials::None,
+    }
+}
+
+fn auth_failed(user: &str) -> ClientError {
+    ClientError::fatal(
+        SqlState::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+struct Exchange<'a> {
+    stream: &'a mut Stream,
+    buf: &'a mut BytesMut,
+    decoder: Decoder,
+}
+
+impl Exchange<'_> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes).await.map_err(|_| gone())
+    }
+
+    /// The client's next password-phase message ('p'); anything else ends
+    /// the attempt.
+    async fn receive(&mut self) -> Result<bytes::Bytes, ClientError> {
+        let msg = read_message(self.stream, self.buf, &self.decoder)
+            .await
+            .map_err(|e| {
+                ClientError::fatal(
+                    SqlState::PROTOCOL_VIOLATION,
+                    format!("invalid authentication message: {e}"),
+                )
+            })?;
+        if msg.tag != b'p' {
+            return Err(ClientError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                format!("expected password response, got message type {}", msg.tag),
+            ));
+        }
+        Ok(msg.body)
+    }
+
+    async fn cleartext(
+        &mut self,
+        user: &str,
+        stored: Option<&PasswordEntry>,
+        peer: Peer,
+    ) -> Result<BackendCredentials, ClientError> {
+        let mut out = BytesMut::new();
+        be::write_authentication_cleartext_password(&mut out);
+        self.send(&out).await?;
+        let body = self.receive().await?;
+        let password = PasswordMessage::parse(&body)
+            .map_err(|e| ClientError::fatal(e.sqlstate(), e.to_string()))?
+            .password;
+        let matches = match stored {
+            Some(PasswordEntry::Plain(secret)) => constant_eq(secret.expose().as_bytes(), password),
+            Some(PasswordEntry::Md5(hash)) => constant_eq(
+                pghalo_protocol::md5::hash_password(user, password).as_bytes(),
+                hash.to_ascii_lowercase().as_bytes(),
+            ),
+            Some(PasswordEntry::Scram(verifier)) => verifier.verify_password(password),
+            None => false,
+        };
+        if !matches {
+            tracing::warn!(%user, %peer, method = "password", "authentication failed");
+            return Err(auth_failed(user));
+        }
+        Ok(BackendCredentials::Password(password.to_vec()))
+    }
+
+    async fn md5(
+        &mut self,
+        user: &str,
+        stored: Option<&PasswordEntry>,
+        peer: Peer,
+    ) -> Result<BackendCredentials, ClientError> {
+        let salt: [u8; 4] = rand::random();
+        let mut out = BytesMut::new();
+        be::write_authentication_md5_password(&mut out, salt);
+        self.send(&out).await?;
+        let body = self.receive().await?;
+        let response = PasswordMessage::parse(&body)
+            .map_err(|e| ClientError::fatal(e.sqlstate(), e.to_string()))?
+            .password;
+        let (secret, credentials) = match stored {
+            Some(PasswordEntry::Plain(secret)) => {
+                let bytes = secret.expose().as_bytes().to_vec();
+                (
+                    Some(Md5Secret::Plain(bytes.clone())),
+                    BackendCredentials::Password(bytes),
+                )
+            }
+            Some(PasswordEntry::Md5(hash)) => (
+                Md5Secret::parse_stored(hash).ok(),
+                BackendCredentials::Md5Hash(hash.clone()),
+            ),
+            _ => (None, BackendCredentials::None),
+        };
+        if !secret.is_some_and(|s| s.verify(user, salt, response)) {
+            tracing::warn!(%user, %peer, method = "md5", "authentication failed");
+            return Err(auth_failed(user));
+        }
+        Ok(credentials)
+    }
+
+    async fn scram(
+        &mut self,
+        user: &str,
+        stored: Option<&PasswordEntry>,
+        peer: Peer,
+        mock_secret: &[u8],
+    ) -> Result<BackendCredentials, ClientError> {
+        let nonce = Nonce::random()
+            .map_err(|e| ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string()))?;
+        let (server, plain) = match stored {
+            Some(PasswordEntry::Scram(verifier)) => {
+                (ScramServer::new(verifier.clone(), nonce), None)
+            }
+            Some(PasswordEntry::Plain(secret)) => {
+                let bytes = secret.expose().as_bytes().to_vec();
+                match ScramVerifier::generate(&bytes) {
+                    Ok(verifier) => (ScramServer::new(verifier, nonce), Some(bytes)),
+                    Err(e) => {
+                        return Err(ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string()));
+                    }
+                }
+            }
+            // An md5 hash cannot answer SCRAM, and an unknown user must not
+            // be told apart from a wrong password: both run a mock exchange.
+            _ => (ScramServer::mock(user, mock_secret, nonce), None),
+        };
+        let mut out = BytesMut::new();
+        be::write_authentication_sasl(&mut out, server.mechanisms())
+            .map_err(|e| ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string()))?;
+        self.send(&out).await?;
+
+        let body = self.receive().await?;
+        let initial = SaslInitialResponse::parse(&body)
+            .map_err(|e| ClientError::fatal(e.sqlstate(), e.to_string()))?;
+        let mechanism = initial.mechanism.to_str().unwrap_or("");
+        let (server, server_first) = server
+            .handle_client_first(mechanism, initial.data.unwrap_or_default())
+            .map_err(|e| scram_failure(user, peer, &e))?;
+        out.clear();
+        be::write_authentication_sasl_continue(&mut out, &server_first)
+            .map_err(|e| ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string()))?;
+        self.send(&out).await?;
+
+        let body = self.receive().await?;
+        let response = SaslResponse::parse(&body)
+            .map_err(|e| ClientError::fatal(e.sqlstate(), e.to_string()))?;
+        let (authenticated, server_final) = server
+            .handle_client_final(response.data)
+            .map_err(|e| scram_failure(user, peer, &e))?;
+        out.clear();
+        be::write_authentication_sasl_final(&mut out, &server_final)
+            .map_err(|e| ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string()))?;
+        self.send(&out).await?;
+        Ok(match plain {
+            Some(password) => BackendCredentials::Password(password),
+            None => BackendCredentials::Scram(authenticated.backend_credentials()),
+        })
+    }
+}
+
+fn scram_failure(user: &str, peer: Peer, e: &scram::ScramError) -> ClientError {
+    tracing::warn!(%user, %peer, method = "scram-sha-256", "authentication failed: {e}");
+    if e.sqlstate() == SqlState::INVALID_PASSWORD {
+        auth_failed(user)
+    } else {
+        ClientError::fatal(e.sqlstate(), e.to_string())
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn gone() -> ClientError {
+    ClientError::fatal(
+        SqlState::CONNECTION_FAILURE,
+        "client went away during authentication",
+    )
+}

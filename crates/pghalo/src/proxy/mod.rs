@@ -1,0 +1,215 @@
+//! The client side of pghalo: listeners, one task per client, the startup
+//! and authentication phases, and the session that relays a client's
+//! traffic to a pooled server connection.
+//!
+//! Owns: client sockets, the cancel map. Must not: dial servers itself (it
+//! asks `pool`) or decide topology.
+
+mod cancel;
+mod client_auth;
+mod error;
+mod scan;
+mod session;
+mod startup;
+mod startup_params;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use pghalo_protocol::SqlState;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+
+pub use client_auth::{AuthFiles, Peer};
+pub use error::ClientError;
+
+use crate::backend::ServerAddr;
+use crate::net::Stream;
+use crate::pool::{PoolSettings, Pools};
+use cancel::CancelMap;
+use startup::{Opening, StartupFailure, read_opening};
+
+/// What the client side works with; replaced whole on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxySettings {
+    /// Backends by node id.
+    pub backends: Vec<ServerAddr>,
+    /// The node every session goes to (routing arrives with the router).
+    pub primary: usize,
+    /// None: no limit.
+    pub authentication_timeout: Option<Duration>,
+    pub max_client_connections: usize,
+    /// Largest message a client may send.
+    pub max_message_len: usize,
+}
+
+/// One pghalo instance's client side, shared by every client task.
+#[derive(Debug)]
+pub struct Proxy {
+    settings: ArcSwap<ProxySettings>,
+    auth: ArcSwap<AuthFiles>,
+    pub pools: Pools,
+    cancels: Arc<CancelMap>,
+    /// One permit per client connection allowed in.
+    clients: Arc<Semaphore>,
+}
+
+impl Proxy {
+    pub fn new(settings: ProxySettings, auth: AuthFiles, pool: PoolSettings) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            clients: Arc::new(Semaphore::new(settings.max_client_connections)),
+            settings: ArcSwap::from_pointee(settings),
+            auth: ArcSwap::from_pointee(auth),
+            pools: Pools::new(pool),
+            cancels: Arc::new(CancelMap::default()),
+        })
+    }
+
+    pub fn settings(&self) -> Arc<ProxySettings> {
+        self.settings.load_full()
+    }
+
+    fn max_message_len(&self) -> usize {
+        self.settings.load().max_message_len
+    }
+
+    /// Applies a reload: new clients see the new files and settings at once;
+    /// sessions already running keep their server connections.
+    pub fn reload(&self, settings: ProxySettings, auth: AuthFiles, pool: PoolSettings) {
+        let old = self.settings.load().max_client_connections;
+        let new = settings.max_client_connections;
+        if new > old {
+            self.clients.add_permits(new - old);
+        } else if new < old {
+            let clients = self.clients.clone();
+            // Shrinking takes permits as clients leave; nobody is cut off.
+            tokio::spawn(async move {
+                if let Ok(permits) = clients.acquire_many_owned((old - new) as u32).await {
+                    permits.forget();
+                }
+            });
+        }
+        self.settings.store(Arc::new(settings));
+        self.auth.store(Arc::new(auth));
+        self.pools.update_settings(pool);
+    }
+
+    /// Accepts TCP clients until `shutdown` turns true.
+    pub async fn serve_tcp(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, addr)) => {
+                        let proxy = self.clone();
+                        tokio::spawn(proxy.handle(Stream::tcp(socket), Peer::Tcp(addr)));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Accepts Unix-socket clients until `shutdown` turns true.
+    pub async fn serve_unix(
+        self: Arc<Self>,
+        listener: UnixListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, _)) => {
+                        let proxy = self.clone();
+                        tokio::spawn(proxy.handle(Stream::Unix(socket), Peer::Unix));
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One client, from its first byte to its last.
+    async fn handle(self: Arc<Self>, mut stream: Stream, peer: Peer) {
+        let permit = self.clients.clone().try_acquire_owned().ok();
+        let settings = self.settings();
+        let mut buf = BytesMut::with_capacity(crate::net::READ_CHUNK);
+        let now = tokio::time::Instant::now();
+        let deadline = settings
+            .authentication_timeout
+            .and_then(|limit| now.checked_add(limit))
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+
+        let opening = match tokio::time::timeout_at(deadline, read_opening(&mut stream, &mut buf))
+            .await
+        {
+            Ok(Ok(opening)) => opening,
+            Ok(Err(StartupFailure::Refuse(error))) => return refuse(&mut stream, &error).await,
+            Ok(Err(StartupFailure::Gone)) => return,
+            Err(_) => {
+                tracing::debug!(%peer, "startup packet not received within authentication_timeout");
+                return;
+            }
+        };
+        let startup = match opening {
+            Opening::Cancel { pid, key } => return self.cancels.cancel(pid, &key).await,
+            Opening::Startup(msg) => msg,
+        };
+        let Some(_permit) = permit else {
+            let error = ClientError::fatal(
+                SqlState::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            );
+            return refuse(&mut stream, &error).await;
+        };
+        let auth = self.auth.load_full();
+        let who = match tokio::time::timeout_at(
+            deadline,
+            client_auth::authenticate(&mut stream, &mut buf, &startup, peer, &auth),
+        )
+        .await
+        {
+            Ok(Ok(who)) => who,
+            Ok(Err(error)) => return refuse(&mut stream, &error).await,
+            Err(_) => {
+                let error =
+                    ClientError::fatal(SqlState::PROTOCOL_VIOLATION, "authentication timeout");
+                return refuse(&mut stream, &error).await;
+            }
+        };
+        drop(auth);
+        let Some(cancel) = self.cancels.register() else {
+            let error =
+                ClientError::fatal(SqlState::INTERNAL_ERROR, "cannot allocate a cancel key");
+            return refuse(&mut stream, &error).await;
+        };
+        let user = who.user.clone();
+        if let Err(error) = session::run(self.clone(), &mut stream, buf, who, startup, cancel).await
+        {
+            tracing::info!(%user, %peer, "session refused: {}", error.message);
+            refuse(&mut stream, &error).await;
+        }
+    }
+}
+
+async fn refuse(stream: &mut Stream, error: &ClientError) {
+    let mut out = BytesMut::new();
+    error.write(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,143 @@
+//! Applying a client's startup parameters (application_name, DateStyle,
+//! `options`...) to a pooled server connection that was opened with its own.
+
+use pghalo_protocol::{SqlState, StartupMessage};
+
+use super::error::ClientError;
+
+/// Parameters that are part of the connection's identity, not settings.
+const NOT_SETTINGS: [&str; 4] = ["user", "database", "replication", "options"];
+
+/// `(name, value)` settings the client asked for at startup, `options`
+/// (`-c name=value`, `--name=value`) included, in order.
+pub fn requested_settings(msg: &StartupMessage) -> Result<Vec<(String, String)>, ClientError> {
+    let mut settings = Vec::new();
+    for (name, value) in &msg.params {
+        if name.starts_with("_pq_.") || NOT_SETTINGS.contains(&name.as_str()) {
+            continue;
+        }
+        settings.push((name.clone(), value.clone()));
+    }
+    if let Some(options) = msg.param("options") {
+        settings.extend(parse_options(options)?);
+    }
+    Ok(settings)
+}
+
+/// The SET statements that bring a server session to the requested
+/// settings, skipping those the server already reports with that value.
+pub fn set_statements(
+    settings: &[(String, String)],
+    current: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let mut sql = String::new();
+    for (name, value) in settings {
+        if current
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(name) && v == value)
+        {
+            continue;
+        }
+        sql.push_str(&format!(
+            "SET {} TO {};",
+            quote_ident(name),
+            quote_literal(value)
+        ));
+    }
+    sql
+}
+
+/// libpq's `options`: whitespace-separated switches, backslash escapes a
+/// character (so `\ ` is a space inside a value).
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, ClientError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        let assignment = if w == "-c" {
+            words
+                .next()
+                .ok_or_else(|| bad_option("-c without a setting"))?
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            rest.to_string()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            rest.to_string()
+        } else {
+            return Err(bad_option(&format!(
+                "unsupported switch \"{w}\" (pghalo accepts -c name=value and --name=value)"
+            )));
+        };
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| bad_option(&format!("\"{assignment}\" is not name=value")))?;
+        settings.push((name.replace('-', "_"), value.to_string()));
+    }
+    Ok(settings)
+}
+
+fn bad_option(why: &str) -> ClientError {
+    ClientError::fatal(
+        SqlState::PROTOCOL_VIOLATION,
+        format!("invalid command-line argument in the options startup parameter: {why}"),
+    )
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub fn quote_literal(value: &str) -> String {
+    // E'' with doubled backslashes is immune to standard_conforming_strings.
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_follow_libpq() {
+        let parsed = parse_options("-c geqo=off --search-path=a\\ b -cwork_mem=64MB").unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                ("geqo".to_string(), "off".to_string()),
+                ("search_path".to_string(), "a b".to_string()),
+                ("work_mem".to_string(), "64MB".to_string())
+            ]
+        );
+        assert!(parse_options("-d 5").is_err());
+        assert!(parse_options("-c").is_err());
+        assert!(parse_options("-c novalue").is_err());
+    }
+
+    #[test]
+    fn only_differing_settings_are_set() {
+        let mut current = std::collections::BTreeMap::new();
+        current.insert("DateStyle".to_string(), "ISO, MDY".to_string());
+        let wanted = vec![
+            ("datestyle".to_string(), "ISO, MDY".to_string()),
+            ("application_name".to_string(), "it's".to_string()),
+        ];
+        assert_eq!(
+            set_statements(&wanted, &current),
+            "SET \"application_name\" TO E'it''s';"
+        );
+    }
+}
