@@ -10,10 +10,13 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-use crate::backend::ServerAddr;
+use crate::backend::{BackendTls, ServerAddr};
 use crate::config::hba::HbaRules;
 use crate::config::passwd::PasswordFile;
-use crate::config::{BackendHost, Config, ConfigError, ListenAddress, ReloadPlan, reload_plan};
+use crate::config::{
+    BackendHost, BackendTlsMode, Config, ConfigError, ListenAddress, ReloadPlan, reload_plan,
+};
+use crate::net::tls::{ClientTls, ServerTls, TlsError};
 use crate::pool::PoolSettings;
 use crate::proxy::{AuthFiles, Proxy, ProxySettings};
 
@@ -23,6 +26,8 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     AuthFile(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -48,7 +53,19 @@ impl Daemon {
     pub async fn start(path: &Path) -> Result<Daemon, DaemonError> {
         let config = Arc::new(Config::load(path)?);
         let auth = load_auth(&config)?;
-        let proxy = Proxy::new(proxy_settings(&config), auth, pool_settings(&config));
+        let tls = load_tls(&config)?;
+        if tls.backend != BackendTls::Disable && config.tls.backend_ca_file.is_none() {
+            tracing::warn!(
+                "tls.backend = {} without tls.backend_ca_file: backend connections are encrypted, but the servers' certificates are not verified",
+                config.tls.backend
+            );
+        }
+        let proxy = Proxy::new(
+            proxy_settings(&config, &tls.backend),
+            auth,
+            pool_settings(&config),
+        );
+        proxy.set_tls(tls.server);
         let (shutdown, watcher) = watch::channel(false);
         let mut tcp = Vec::new();
         for addr in listen_addrs(&config) {
@@ -116,14 +133,20 @@ impl Daemon {
     /// Re-reads the configuration and the hba and password files. What can
     /// change live does at once, without dropping clients; what needs a
     /// restart is reported and left as it was. A file with an error changes
-    /// nothing.
+    /// nothing: that includes the TLS certificate, key and CA files, which
+    /// are read again here and apply to handshakes that start afterwards.
     pub fn reload(&mut self) -> Result<ReloadPlan, DaemonError> {
         let new = Config::load(&self.path)?;
         let auth = load_auth(&new)?;
         let plan = reload_plan(&self.config, &new);
         let applied = Arc::new(crate::config::apply_live(&self.config, &new));
-        self.proxy
-            .reload(proxy_settings(&applied), auth, pool_settings(&applied));
+        let tls = load_tls(&applied)?;
+        self.proxy.reload(
+            proxy_settings(&applied, &tls.backend),
+            auth,
+            pool_settings(&applied),
+        );
+        self.proxy.set_tls(tls.server);
         self.config = applied;
         Ok(plan)
     }
@@ -178,6 +201,7 @@ impl Drop for Daemon {
 pub fn check_config(path: &Path) -> Result<String, DaemonError> {
     let config = Config::load(path)?;
     load_auth(&config)?;
+    load_tls(&config)?;
     let backends: Vec<String> = config
         .backends
         .iter()
@@ -208,6 +232,39 @@ fn load_auth(config: &Config) -> Result<AuthFiles, DaemonError> {
     })
 }
 
+/// The `[tls]` files, read and checked.
+struct TlsFiles {
+    /// For clients' SSLRequests; None when `tls.enabled` is off.
+    server: Option<Arc<ServerTls>>,
+    backend: BackendTls,
+}
+
+fn load_tls(config: &Config) -> Result<TlsFiles, DaemonError> {
+    let tls = &config.tls;
+    let server = match (tls.enabled, &tls.cert_file, &tls.key_file) {
+        (false, _, _) => None,
+        (true, Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(
+            cert,
+            key,
+            tls.ca_file.as_deref(),
+        )?)),
+        // Validation refuses this already; a clear error beats trusting it.
+        (true, _, _) => {
+            return Err(TlsError::Config(
+                "tls.enabled needs both tls.cert_file and tls.key_file".into(),
+            )
+            .into());
+        }
+    };
+    let ca = tls.backend_ca_file.as_deref();
+    let backend = match tls.backend {
+        BackendTlsMode::Disable => BackendTls::Disable,
+        BackendTlsMode::Prefer => BackendTls::Prefer(ClientTls::load(ca)?),
+        BackendTlsMode::Require => BackendTls::Require(ClientTls::load(ca)?),
+    };
+    Ok(TlsFiles { server, backend })
+}
+
 fn listen_addrs(config: &Config) -> Vec<String> {
     let port = config.listen.port;
     let mut addrs = Vec::new();
@@ -224,7 +281,7 @@ fn listen_addrs(config: &Config) -> Vec<String> {
     addrs
 }
 
-pub fn proxy_settings(config: &Config) -> ProxySettings {
+pub fn proxy_settings(config: &Config, backend_tls: &BackendTls) -> ProxySettings {
     let backends: Vec<ServerAddr> = config
         .backends
         .iter()
@@ -234,6 +291,7 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
                 BackendHost::Unix(dir) => dir.display().to_string(),
             },
             port: b.port,
+            tls: backend_tls.clone(),
         })
         .collect();
     let primary = config
@@ -247,6 +305,8 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         authentication_timeout: config.listen.authentication_timeout.limit(),
         max_client_connections: config.listen.max_client_connections as usize,
         max_message_len: 1 << 30,
+        pool_mode: config.pool.mode,
+        client_idle_limit: config.listen.client_idle_limit.limit(),
     }
 }
 

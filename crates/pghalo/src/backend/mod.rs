@@ -1,4 +1,5 @@
-//! One server connection: dialling a PostgreSQL backend, the startup and
+//! One server connection: dialling a PostgreSQL backend, TLS with it when
+//! `tls.backend` asks (SSLRequest first, as libpq does), the startup and
 //! authentication exchange, and the bookkeeping a pool needs to know whether
 //! the connection is reusable (the transaction status of its last
 //! ReadyForQuery, the parameters the server reported).
@@ -14,19 +15,65 @@ use bytes::BytesMut;
 use pghalo_protocol::backend::{self as be, BackendMessage, ErrorFields, TransactionStatus};
 use pghalo_protocol::frontend;
 use pghalo_protocol::{CancelKey, Decoder, SqlState};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::net::tls::ClientTls;
 use crate::net::{ReadError, Stream, read_message};
 
 pub use auth::BackendCredentials;
 
 /// Where a backend listens: a host name or IP with a port, or a Unix socket
-/// directory (a host starting with '/', as libpq does).
+/// directory (a host starting with '/', as libpq does), and whether to
+/// speak TLS there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerAddr {
     pub host: String,
     pub port: u16,
+    pub tls: BackendTls,
+}
+
+/// TLS to a backend, with libpq's sslmode meanings. Unix sockets never
+/// use TLS, as with libpq: the kernel is the only one in the path.
+#[derive(Debug, Clone, Default)]
+pub enum BackendTls {
+    /// Plain connections, no SSLRequest.
+    #[default]
+    Disable,
+    /// TLS when the server accepts it, plain when it answers 'N'.
+    Prefer(ClientTls),
+    /// TLS or no connection.
+    Require(ClientTls),
+}
+
+impl BackendTls {
+    fn client(&self) -> Option<&ClientTls> {
+        match self {
+            BackendTls::Disable => None,
+            BackendTls::Prefer(tls) | BackendTls::Require(tls) => Some(tls),
+        }
+    }
+}
+
+// Two settings are the same when they share one loaded configuration: a
+// reload that reads the files again makes a different one.
+impl PartialEq for BackendTls {
+    fn eq(&self, other: &BackendTls) -> bool {
+        match (self, other) {
+            (BackendTls::Disable, BackendTls::Disable) => true,
+            (BackendTls::Prefer(a), BackendTls::Prefer(b))
+            | (BackendTls::Require(a), BackendTls::Require(b)) => a.same_config(b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for BackendTls {}
+
+impl std::hash::Hash for BackendTls {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+    }
 }
 
 impl std::fmt::Display for ServerAddr {
@@ -121,6 +168,10 @@ pub enum BackendError {
     Lost { addr: ServerAddr, source: ReadError },
     #[error("{addr}: {} (SQLSTATE {})", .0.message, .0.code, addr = .1)]
     Query(ServerError, ServerAddr),
+    #[error("{addr} does not accept TLS connections, and tls.backend = require")]
+    TlsRefused { addr: ServerAddr },
+    #[error("TLS with {addr} failed: {detail}")]
+    Tls { addr: ServerAddr, detail: String },
 }
 
 impl BackendError {
@@ -129,7 +180,9 @@ impl BackendError {
         match self {
             BackendError::Connect { .. }
             | BackendError::Timeout { .. }
-            | BackendError::Lost { .. } => SqlState::CONNECTION_FAILURE,
+            | BackendError::Lost { .. }
+            | BackendError::TlsRefused { .. }
+            | BackendError::Tls { .. } => SqlState::CONNECTION_FAILURE,
             BackendError::Protocol { .. } => SqlState::PROTOCOL_VIOLATION,
             BackendError::UnsupportedAuth { .. } | BackendError::NoCredentials { .. } => {
                 SqlState::INVALID_AUTHORIZATION_SPECIFICATION
@@ -156,6 +209,12 @@ pub struct ServerConnection {
     pub tx_status: TransactionStatus,
     pub created: Instant,
     pub last_used: Instant,
+    /// Server-side names of the statements transaction pooling prepared
+    /// on this connection (they outlive the clients that asked for them).
+    pub prepared: std::collections::HashSet<String>,
+    /// Fingerprint of the client settings last applied here (0: none, the
+    /// connection's own defaults).
+    pub applied_settings: u64,
 }
 
 impl ServerConnection {
@@ -188,6 +247,7 @@ impl ServerConnection {
             addr: addr.clone(),
             source,
         })?;
+        let stream = start_tls(addr, stream).await?;
         let mut conn = ServerConnection {
             addr: addr.clone(),
             stream,
@@ -198,13 +258,11 @@ impl ServerConnection {
             tx_status: TransactionStatus::Idle,
             created: Instant::now(),
             last_used: Instant::now(),
+            prepared: std::collections::HashSet::new(),
+            applied_settings: 0,
         };
         let mut out = BytesMut::new();
-        let params = [
-            ("user", user),
-            ("database", database),
-            ("application_name", "pghalo"),
-        ];
+        let params = [("user", user), ("database", database)];
         frontend::write_startup_message(&mut out, pghalo_protocol::ProtocolVersion::V3_0, &params)
             .map_err(|e| conn.protocol(e))?;
         conn.write_all(&out).await?;
@@ -327,5 +385,43 @@ impl ServerConnection {
         let mut out = BytesMut::new();
         frontend::write_terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.write_all(&out)).await;
+    }
+}
+
+/// Asks for TLS before the startup packet when `addr.tls` says so, and
+/// hands back the stream to log in on.
+async fn start_tls(addr: &ServerAddr, mut stream: Stream) -> Result<Stream, BackendError> {
+    let Some(tls) = addr.tls.client().filter(|_| stream.can_start_tls()) else {
+        return Ok(stream);
+    };
+    let lost = |e: std::io::Error| BackendError::Lost {
+        addr: addr.clone(),
+        source: ReadError::Io(e),
+    };
+    let mut request = BytesMut::new();
+    frontend::write_ssl_request(&mut request);
+    stream.write_all(&request).await.map_err(lost)?;
+    // Exactly one byte: whatever follows an 'S' before the handshake came
+    // unprotected and may be a man in the middle's (CVE-2021-23222); left
+    // on the socket, it can only break the handshake.
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.map_err(lost)?;
+    match (answer[0], &addr.tls) {
+        (b'S', _) => stream
+            .connect_tls(tls, &addr.host)
+            .await
+            .map_err(|e| BackendError::Tls {
+                addr: addr.clone(),
+                detail: e.to_string(),
+            }),
+        (b'N', BackendTls::Require(_)) => Err(BackendError::TlsRefused { addr: addr.clone() }),
+        (b'N', _) => Ok(stream),
+        (other, _) => Err(BackendError::Protocol {
+            addr: addr.clone(),
+            detail: format!(
+                "answered the SSLRequest with {:?} instead of 'S' or 'N'",
+                other as char
+            ),
+        }),
     }
 }

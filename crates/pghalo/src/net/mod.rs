@@ -1,17 +1,22 @@
 //! Byte streams and message I/O shared by the client and server sides:
-//! plain TCP, Unix sockets, and reading whole protocol messages into a
-//! reusable buffer.
+//! plain TCP, Unix sockets, TLS over TCP in either role (`tls.rs`), and
+//! reading whole protocol messages into a reusable buffer.
 //!
-//! Owns: sockets as streams, framed reads. Must not: route or pool.
+//! Owns: sockets as streams, TLS configurations, framed reads. Must not:
+//! route or pool.
+
+pub mod tls;
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use pghalo_protocol::{Decoder, FrameError, Message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+
+use tls::{ClientTls, ServerTls};
 
 /// How much a read asks the kernel for at once; messages larger than this
 /// are read in several steps.
@@ -22,6 +27,10 @@ pub const READ_CHUNK: usize = 16 * 1024;
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client connection after pghalo's handshake as the TLS server.
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A backend connection after pghalo's handshake as the TLS client.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -33,6 +42,80 @@ impl Stream {
         let _ = sock.set_keepalive(true);
         Stream::Tcp(stream)
     }
+
+    /// Only TCP carries TLS: PostgreSQL answers 'N' to an SSLRequest on a
+    /// Unix socket, and libpq never sends one there.
+    pub fn can_start_tls(&self) -> bool {
+        matches!(self, Stream::Tcp(_))
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
+    }
+
+    /// The TLS handshake as the server, after 'S' was sent. On failure the
+    /// socket is dropped: there is nobody left to answer in plain text.
+    pub async fn accept_tls(self, tls: &ServerTls) -> io::Result<Stream> {
+        match self {
+            Stream::Tcp(tcp) => Ok(Stream::TlsServer(Box::new(tls.accept(tcp).await?))),
+            _ => Err(not_plain_tcp()),
+        }
+    }
+
+    /// The TLS handshake as the client of `host`, after the server said 'S'.
+    pub async fn connect_tls(self, tls: &ClientTls, host: &str) -> io::Result<Stream> {
+        match self {
+            Stream::Tcp(tcp) => Ok(Stream::TlsClient(Box::new(tls.connect(host, tcp).await?))),
+            _ => Err(not_plain_tcp()),
+        }
+    }
+
+    /// The certificate a TLS client presented, already verified against
+    /// the CA bundle (the handshake fails otherwise).
+    pub fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        match self {
+            Stream::TlsServer(tls) => tls.get_ref().1.peer_certificates()?.first(),
+            _ => None,
+        }
+    }
+}
+
+fn not_plain_tcp() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "TLS can only start on a plain TCP connection",
+    )
+}
+
+// tokio-rustls may return from a write with ciphertext still queued when
+// the socket is full, and sends it only on the next write or flush. The
+// relay writes a reply and then waits for the other side without
+// flushing, so a queued tail (a ReadyForQuery) could wait forever. Hence
+// every TLS write tries to flush before returning, and every TLS read
+// pushes out whatever is still queued first: the relay polls reads of both
+// sockets in the task that wrote, so a socket that drains wakes a read.
+fn poll_read_tls<T: AsyncRead + AsyncWrite + Unpin>(
+    tls: &mut T,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    if let Poll::Ready(Err(e)) = Pin::new(&mut *tls).poll_flush(cx) {
+        return Poll::Ready(Err(e));
+    }
+    Pin::new(tls).poll_read(cx, buf)
+}
+
+fn poll_write_tls<T: AsyncWrite + Unpin>(
+    tls: &mut T,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
+    // What earlier writes queued goes first, so the queue stays bounded.
+    ready!(Pin::new(&mut *tls).poll_flush(cx))?;
+    let written = ready!(Pin::new(&mut *tls).poll_write(cx, buf))?;
+    // The bytes are taken either way; a failure here shows on the next call.
+    let _ = Pin::new(&mut *tls).poll_flush(cx);
+    Poll::Ready(Ok(written))
 }
 
 impl AsyncRead for Stream {
@@ -44,6 +127,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsServer(s) => poll_read_tls(s.as_mut(), cx, buf),
+            Stream::TlsClient(s) => poll_read_tls(s.as_mut(), cx, buf),
         }
     }
 }
@@ -57,6 +142,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsServer(s) => poll_write_tls(s.as_mut(), cx, buf),
+            Stream::TlsClient(s) => poll_write_tls(s.as_mut(), cx, buf),
         }
     }
 
@@ -64,6 +151,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -71,6 +160,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -82,6 +173,15 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            // One slice at a time keeps the flush-after-write rule simple.
+            Stream::TlsServer(s) => {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+                poll_write_tls(s.as_mut(), cx, first)
+            }
+            Stream::TlsClient(s) => {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+                poll_write_tls(s.as_mut(), cx, first)
+            }
         }
     }
 
@@ -89,6 +189,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
+            Stream::TlsServer(_) | Stream::TlsClient(_) => false,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pghalo_protocol::SqlState;
 use pghalo_protocol::backend::TransactionStatus;
-use tokio::io::AsyncReadExt;
+use tokio::io::AsyncRead;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendCredentials, BackendError, ServerAddr, ServerConnection};
@@ -80,6 +80,10 @@ impl PoolError {
 pub struct Pools {
     shards: Mutex<HashMap<PoolKey, Arc<Shard>>>,
     settings: arc_swap::ArcSwap<PoolSettings>,
+    /// Server-side names of statements some server has accepted (transaction
+    /// pooling): preparing one of these again can be answered without
+    /// waiting for a server connection.
+    known_statements: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug)]
@@ -96,6 +100,7 @@ impl Pools {
         Pools {
             shards: Mutex::new(HashMap::new()),
             settings: arc_swap::ArcSwap::from_pointee(settings),
+            known_statements: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -149,7 +154,7 @@ impl Pools {
             waited: settings.checkout_timeout,
         })?;
         while let Some(mut conn) = shard.pop_idle() {
-            if expired(&conn, &settings) || !still_open(&mut conn).await {
+            if expired(&conn, &settings) || !still_open(&mut conn) {
                 tokio::spawn(conn.terminate());
                 continue;
             }
@@ -174,6 +179,23 @@ impl Pools {
             _permit: permit,
             settings,
         })
+    }
+
+    pub fn statement_known(&self, server_name: &str) -> bool {
+        self.known_statements
+            .lock()
+            .is_ok_and(|known| known.contains(server_name))
+    }
+
+    pub fn note_statement(&self, server_name: &str) {
+        if let Ok(mut known) = self.known_statements.lock() {
+            // Bounded: a client generating endless distinct statements
+            // must not grow this forever.
+            if known.len() >= 100_000 {
+                known.clear();
+            }
+            known.insert(server_name.to_string());
+        }
     }
 
     /// (connections idle, connections checked out) for `key`.
@@ -208,15 +230,18 @@ fn expired(conn: &ServerConnection, settings: &PoolSettings) -> bool {
 /// An idle connection has nothing to say: end-of-file means the server
 /// went away (restart, idle_session_timeout), anything else means it is out
 /// of step. Either way it must not be used.
-async fn still_open(conn: &mut ServerConnection) -> bool {
+fn still_open(conn: &mut ServerConnection) -> bool {
     if !conn.read_buf.is_empty() {
         return false;
     }
+    // One read attempt that must not wait (not even for a timer tick):
+    // pending is the only healthy answer.
     let mut probe = [0u8; 1];
-    // A zero timeout still polls the read once: ready means closed or junk.
-    tokio::time::timeout(Duration::ZERO, conn.stream().read(&mut probe))
-        .await
-        .is_err()
+    let mut buf = tokio::io::ReadBuf::new(&mut probe);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(conn.stream())
+        .poll_read(&mut cx, &mut buf)
+        .is_pending()
 }
 
 /// A checked-out server connection. Dropping it closes the connection;
@@ -254,6 +279,9 @@ impl PooledConnection {
                 tokio::spawn(conn.terminate());
                 return;
             }
+            // The reset returned the session to the connection's defaults.
+            conn.applied_settings = 0;
+            conn.prepared.clear();
         }
         if self
             .settings

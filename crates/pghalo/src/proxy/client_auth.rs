@@ -1,7 +1,9 @@
 //! Client authentication, pgpool-style (pool_hba.conf + pool_passwd) but
 //! safer: SCRAM-SHA-256 with constant-time checks, md5 and cleartext only
 //! where the hba rule says so, and failures that look the same whether or
-//! not the user exists.
+//! not the user exists. Over TLS, `hostssl`/`hostnossl` rules see the
+//! encryption and client certificates are checked as PostgreSQL does
+//! (`cert`, `clientcert=verify-ca|verify-full`, `clientname=CN|DN`).
 
 use std::net::SocketAddr;
 
@@ -15,8 +17,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::error::ClientError;
 use crate::backend::BackendCredentials;
-use crate::config::hba::{AuthMethod, Connection, HbaRequest, HbaRules};
+use crate::config::hba::{
+    AuthMethod, ClientCert, ClientName, Connection, HbaRequest, HbaRule, HbaRules,
+};
 use crate::config::passwd::{PasswordEntry, PasswordFile};
+use crate::net::tls::{PeerIdentity, ServerTls};
 use crate::net::{Stream, read_message};
 
 /// Password-phase messages are small; anything bigger is an attack.
@@ -34,6 +39,35 @@ impl std::fmt::Display for Peer {
         match self {
             Peer::Unix => f.write_str("[local]"),
             Peer::Tcp(addr) => write!(f, "{}", addr.ip()),
+        }
+    }
+}
+
+/// What the TLS layer established about a client connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsState {
+    /// The TLS handshake completed.
+    pub encrypted: bool,
+    /// A CA bundle was in force for the handshake, so the client could
+    /// have presented a certificate.
+    pub verifies_clients: bool,
+    /// The names in the certificate the client presented, which the
+    /// handshake verified against the CA bundle.
+    pub certificate: Option<PeerIdentity>,
+}
+
+impl TlsState {
+    /// `tls` is the configuration the handshake (if any) used.
+    pub fn of(stream: &Stream, tls: Option<&ServerTls>) -> TlsState {
+        if !stream.is_encrypted() {
+            return TlsState::default();
+        }
+        TlsState {
+            encrypted: true,
+            verifies_clients: tls.is_some_and(ServerTls::verifies_clients),
+            certificate: stream
+                .peer_certificate()
+                .map(|der| PeerIdentity::from_der(der)),
         }
     }
 }
@@ -63,6 +97,7 @@ pub async fn authenticate(
     buf: &mut BytesMut,
     startup: &StartupMessage,
     peer: Peer,
+    tls: &TlsState,
     files: &AuthFiles,
 ) -> Result<Authenticated, ClientError> {
     let user = startup
@@ -93,10 +128,10 @@ pub async fn authenticate(
         Peer::Unix => Connection::Local,
         Peer::Tcp(addr) => Connection::Host {
             addr: addr.ip(),
-            tls: false,
+            tls: tls.encrypted,
         },
     };
-    let host = describe_host(peer, &user, &database);
+    let host = describe_host(peer, &user, &database, tls.encrypted);
     let Some(rule) = files.hba.find(&HbaRequest {
         conn,
         database: &database,
@@ -108,6 +143,9 @@ pub async fn authenticate(
             format!("no pool_hba.conf entry for {host}"),
         ));
     };
+    if rule.method != AuthMethod::Reject {
+        require_certificate(rule, tls, &user, peer)?;
+    }
     let stored = files.passwd.lookup(&user);
     let method = effective_method(rule.method, stored);
     let mut exchange = Exchange {
@@ -131,15 +169,12 @@ pub async fn authenticate(
                 .scram(&user, stored, peer, &files.mock_secret)
                 .await?
         }
-        AuthMethod::Cert => {
-            return Err(ClientError::fatal(
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                format!(
-                    "certificate authentication failed for user \"{user}\": the connection is not encrypted"
-                ),
-            ));
-        }
+        // The certificate was required above; its name is checked below.
+        AuthMethod::Cert => credentials_from(stored),
     };
+    if rule.clientcert == Some(ClientCert::VerifyFull) {
+        check_certificate_name(rule, tls, &user, peer)?;
+    }
     let mut ok = BytesMut::new();
     be::write_authentication_ok(&mut ok);
     exchange.send(&ok).await?;
@@ -151,14 +186,84 @@ pub async fn authenticate(
 }
 
 /// PostgreSQL's wording for the connection in hba errors.
-fn describe_host(peer: Peer, user: &str, database: &str) -> String {
+fn describe_host(peer: Peer, user: &str, database: &str, encrypted: bool) -> String {
     match peer {
         Peer::Unix => format!("local connection, user \"{user}\", database \"{database}\""),
         Peer::Tcp(addr) => format!(
-            "host \"{}\", user \"{user}\", database \"{database}\", no encryption",
-            addr.ip()
+            "host \"{}\", user \"{user}\", database \"{database}\", {}",
+            addr.ip(),
+            if encrypted {
+                "SSL encryption"
+            } else {
+                "no encryption"
+            }
         ),
     }
+}
+
+/// `cert` rules and `clientcert=` need a certificate, checked before any
+/// password is asked for, as PostgreSQL does.
+fn require_certificate(
+    rule: &HbaRule,
+    tls: &TlsState,
+    user: &str,
+    peer: Peer,
+) -> Result<(), ClientError> {
+    if rule.clientcert.is_none() {
+        return Ok(());
+    }
+    if !tls.verifies_clients {
+        tracing::warn!(%user, %peer, line = rule.line, "pool_hba.conf asks for a client certificate but tls.ca_file is not set");
+        return Err(ClientError::fatal(
+            SqlState::CONFIG_FILE_ERROR,
+            "client certificates can only be checked if a root certificate store is available",
+        ));
+    }
+    if tls.certificate.is_none() {
+        tracing::warn!(%user, %peer, line = rule.line, "rejected: no client certificate");
+        return Err(ClientError::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "connection requires a valid client certificate",
+        ));
+    }
+    Ok(())
+}
+
+/// The certificate must name the user it logs in as (`cert`,
+/// `clientcert=verify-full`). PostgreSQL answers a failure after a correct
+/// password with "password authentication failed"; pghalo names the
+/// certificate, which is what the client has to fix.
+fn check_certificate_name(
+    rule: &HbaRule,
+    tls: &TlsState,
+    user: &str,
+    peer: Peer,
+) -> Result<(), ClientError> {
+    let identity = tls.certificate.as_ref();
+    let (field, name) = match rule.clientname {
+        ClientName::Cn => ("CN", identity.and_then(|i| i.cn.as_deref())),
+        ClientName::Dn => ("DN", identity.and_then(|i| i.dn.as_deref())),
+    };
+    match name {
+        Some(name) if name == user => Ok(()),
+        Some(name) => {
+            tracing::warn!(%user, %peer, line = rule.line, certificate = %name,
+                "certificate validation (clientcert=verify-full) failed: {field} mismatch");
+            Err(cert_failed(user))
+        }
+        None => {
+            tracing::warn!(%user, %peer, line = rule.line,
+                "certificate authentication failed: client certificate contains no user name");
+            Err(cert_failed(user))
+        }
+    }
+}
+
+fn cert_failed(user: &str) -> ClientError {
+    ClientError::fatal(
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        format!("certificate authentication failed for user \"{user}\""),
+    )
 }
 
 /// md5 rules do SCRAM when the stored secret is a SCRAM verifier, as

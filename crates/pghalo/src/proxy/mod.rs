@@ -8,10 +8,11 @@
 mod cancel;
 mod client_auth;
 mod error;
-mod scan;
+mod relay;
 mod session;
 mod startup;
 mod startup_params;
+mod tx_policy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +24,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 
-pub use client_auth::{AuthFiles, Peer};
+pub use client_auth::{AuthFiles, Peer, TlsState};
 pub use error::ClientError;
 
 use crate::backend::ServerAddr;
 use crate::net::Stream;
+use crate::net::tls::ServerTls;
 use crate::pool::{PoolSettings, Pools};
 use cancel::CancelMap;
 use startup::{Opening, StartupFailure, read_opening};
@@ -44,6 +46,10 @@ pub struct ProxySettings {
     pub max_client_connections: usize,
     /// Largest message a client may send.
     pub max_message_len: usize,
+    /// When a server connection returns to the pool.
+    pub pool_mode: crate::config::PoolMode,
+    /// pgpool's client_idle_limit; None: no limit.
+    pub client_idle_limit: Option<Duration>,
 }
 
 /// One pghalo instance's client side, shared by every client task.
@@ -55,6 +61,9 @@ pub struct Proxy {
     cancels: Arc<CancelMap>,
     /// One permit per client connection allowed in.
     clients: Arc<Semaphore>,
+    /// Answers SSLRequests when set; the daemon swaps it on reload, and a
+    /// handshake uses the one it loaded when it began.
+    tls: arc_swap::ArcSwapOption<ServerTls>,
 }
 
 impl Proxy {
@@ -65,15 +74,18 @@ impl Proxy {
             auth: ArcSwap::from_pointee(auth),
             pools: Pools::new(pool),
             cancels: Arc::new(CancelMap::default()),
+            tls: arc_swap::ArcSwapOption::empty(),
         })
+    }
+
+    /// TLS for new client connections from now on (None: SSLRequests are
+    /// answered 'N'); sessions already encrypted keep theirs.
+    pub fn set_tls(&self, tls: Option<Arc<ServerTls>>) {
+        self.tls.store(tls);
     }
 
     pub fn settings(&self) -> Arc<ProxySettings> {
         self.settings.load_full()
-    }
-
-    fn max_message_len(&self) -> usize {
-        self.settings.load().max_message_len
     }
 
     /// Applies a reload: new clients see the new files and settings at once;
@@ -145,7 +157,7 @@ impl Proxy {
     }
 
     /// One client, from its first byte to its last.
-    async fn handle(self: Arc<Self>, mut stream: Stream, peer: Peer) {
+    async fn handle(self: Arc<Self>, stream: Stream, peer: Peer) {
         let permit = self.clients.clone().try_acquire_owned().ok();
         let settings = self.settings();
         let mut buf = BytesMut::with_capacity(crate::net::READ_CHUNK);
@@ -155,11 +167,17 @@ impl Proxy {
             .and_then(|limit| now.checked_add(limit))
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
 
-        let opening = match tokio::time::timeout_at(deadline, read_opening(&mut stream, &mut buf))
-            .await
+        let tls = self.tls.load_full();
+        let (mut stream, opening) = match tokio::time::timeout_at(
+            deadline,
+            read_opening(stream, &mut buf, tls.as_deref()),
+        )
+        .await
         {
-            Ok(Ok(opening)) => opening,
-            Ok(Err(StartupFailure::Refuse(error))) => return refuse(&mut stream, &error).await,
+            Ok(Ok(opened)) => opened,
+            Ok(Err(StartupFailure::Refuse(mut stream, error))) => {
+                return refuse(&mut stream, &error).await;
+            }
             Ok(Err(StartupFailure::Gone)) => return,
             Err(_) => {
                 tracing::debug!(%peer, "startup packet not received within authentication_timeout");
@@ -177,10 +195,11 @@ impl Proxy {
             );
             return refuse(&mut stream, &error).await;
         };
+        let tls = TlsState::of(&stream, tls.as_deref());
         let auth = self.auth.load_full();
         let who = match tokio::time::timeout_at(
             deadline,
-            client_auth::authenticate(&mut stream, &mut buf, &startup, peer, &auth),
+            client_auth::authenticate(&mut stream, &mut buf, &startup, peer, &tls, &auth),
         )
         .await
         {

@@ -1,0 +1,269 @@
+//! A small SQL lexer: enough to split a query string into statements and
+//! see each statement's leading keywords and the functions it calls,
+//! honouring quotes, dollar quotes and comments. It never guesses: a
+//! construct it cannot read ends the scan and callers treat the statement
+//! as unknown (DESIGN rule 2: unknown goes the safe way).
+
+/// One token of interest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Token {
+    /// An unquoted identifier or keyword, lowercased.
+    Word(String),
+    /// A double-quoted identifier, as written inside the quotes.
+    Quoted(String),
+    /// A string or number literal (content not kept).
+    Literal,
+    /// Any single punctuation character.
+    Punct(char),
+}
+
+/// The tokens of one statement (terminating ';' excluded) and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement<'a> {
+    pub text: &'a str,
+    pub tokens: Vec<Token>,
+}
+
+impl Statement<'_> {
+    /// The leading unquoted words, lowercased, up to `n`.
+    pub fn leading_words(&self, n: usize) -> Vec<&str> {
+        self.tokens
+            .iter()
+            .take(n)
+            .map_while(|t| match t {
+                Token::Word(w) => Some(w.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether the statement calls a function named `name` (bare or
+    /// schema-qualified), i.e. the word is followed by '('.
+    pub fn calls(&self, name: &str) -> bool {
+        self.tokens
+            .windows(2)
+            .any(|w| matches!((&w[0], &w[1]), (Token::Word(f), Token::Punct('(')) if f == name))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LexError {
+    #[error("unterminated quoted string or comment")]
+    Unterminated,
+}
+
+/// Splits `sql` into statements. Empty statements (`;;`) are dropped.
+pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, LexError> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut tokens = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b';' => {
+                if !tokens.is_empty() {
+                    out.push(Statement {
+                        text: sql[start..i].trim(),
+                        tokens: std::mem::take(&mut tokens),
+                    });
+                }
+                i += 1;
+                start = i;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => i += 1,
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_block_comment(bytes, i)?,
+            b'\'' => {
+                i = skip_quoted(bytes, i, b'\'', false)?;
+                tokens.push(Token::Literal);
+            }
+            b'e' | b'E' if bytes.get(i + 1) == Some(&b'\'') => {
+                i = skip_quoted(bytes, i + 1, b'\'', true)?;
+                tokens.push(Token::Literal);
+            }
+            b'"' => {
+                let end = skip_quoted(bytes, i, b'"', false)?;
+                tokens.push(Token::Quoted(sql[i + 1..end - 1].replace("\"\"", "\"")));
+                i = end;
+            }
+            b'$' => match dollar_tag(bytes, i) {
+                Some(tag_len) => {
+                    i = skip_dollar_quoted(bytes, i, tag_len)?;
+                    tokens.push(Token::Literal);
+                }
+                None => {
+                    // A positional parameter ($1) or an operator.
+                    i += 1;
+                    while i < bytes.len() && bytes[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    tokens.push(Token::Literal);
+                }
+            },
+            c if c.is_ascii_digit() => {
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.' || bytes[i] == b'_')
+                {
+                    i += 1;
+                }
+                tokens.push(Token::Literal);
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                let begin = i;
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric()
+                        || bytes[i] == b'_'
+                        || bytes[i] == b'$'
+                        || bytes[i] >= 0x80)
+                {
+                    i += 1;
+                }
+                tokens.push(Token::Word(sql[begin..i].to_ascii_lowercase()));
+            }
+            c => {
+                tokens.push(Token::Punct(char::from(c)));
+                i += 1;
+            }
+        }
+    }
+    if !tokens.is_empty() {
+        out.push(Statement {
+            text: sql[start..].trim(),
+            tokens,
+        });
+    }
+    Ok(out)
+}
+
+fn skip_block_comment(bytes: &[u8], mut i: usize) -> Result<usize, LexError> {
+    // PostgreSQL's block comments nest.
+    let mut depth = 0usize;
+    while i + 1 < bytes.len() {
+        if bytes[i] == b'/' && bytes[i + 1] == b'*' {
+            depth += 1;
+            i += 2;
+        } else if bytes[i] == b'*' && bytes[i + 1] == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return Ok(i);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Err(LexError::Unterminated)
+}
+
+/// Returns the index just past the closing quote.
+fn skip_quoted(bytes: &[u8], open: usize, quote: u8, backslash: bool) -> Result<usize, LexError> {
+    let mut i = open + 1;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if backslash && c == b'\\' {
+            i += 2;
+            continue;
+        }
+        if c == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return Ok(i + 1);
+        }
+        i += 1;
+    }
+    Err(LexError::Unterminated)
+}
+
+/// Length of a `$tag$` opener at `i`, if there is one.
+fn dollar_tag(bytes: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < bytes.len()
+        && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_' || bytes[j] >= 0x80)
+    {
+        if j == i + 1 && bytes[j].is_ascii_digit() {
+            return None;
+        }
+        j += 1;
+    }
+    (bytes.get(j) == Some(&b'$')).then_some(j + 1 - i)
+}
+
+fn skip_dollar_quoted(bytes: &[u8], i: usize, tag_len: usize) -> Result<usize, LexError> {
+    let tag = &bytes[i..i + tag_len];
+    let body = i + tag_len;
+    bytes[body..]
+        .windows(tag_len)
+        .position(|w| w == tag)
+        .map(|p| body + p + tag_len)
+        .ok_or(LexError::Unterminated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(sql: &str) -> Vec<Vec<String>> {
+        statements(sql)
+            .unwrap()
+            .iter()
+            .map(|s| s.leading_words(3).into_iter().map(String::from).collect())
+            .collect()
+    }
+
+    #[test]
+    fn splits_statements_outside_quotes_and_comments() {
+        assert_eq!(
+            words("SET a = 'x;y'; /* ; */ select $$;$$, \"a;b\" -- ;\n; ;RESET all"),
+            vec![vec!["set", "a"], vec!["select"], vec!["reset", "all"]]
+        );
+        assert_eq!(
+            words("/* outer /* nested ; */ still */ SET x TO 1"),
+            vec![vec!["set", "x", "to"]]
+        );
+        assert_eq!(
+            words("SELECT E'it\\'s;' ; SELECT $tag$ $$ ; $tag$"),
+            vec![vec!["select"], vec!["select"]]
+        );
+    }
+
+    #[test]
+    fn finds_calls() {
+        let s = statements("SELECT pg_catalog.set_config('a', 'b', false)").unwrap();
+        assert!(s[0].calls("set_config"));
+        let s = statements("SELECT 'set_config(' , set_configx(1)").unwrap();
+        assert!(!s[0].calls("set_config"));
+    }
+
+    #[test]
+    fn unterminated_constructs_are_errors() {
+        for sql in [
+            "SELECT 'abc",
+            "SELECT \"abc",
+            "SELECT $q$ abc",
+            "/* abc",
+            "SELECT E'abc\\'",
+        ] {
+            assert_eq!(statements(sql), Err(LexError::Unterminated), "{sql}");
+        }
+    }
+
+    #[test]
+    fn positional_parameters_are_not_dollar_quotes() {
+        assert_eq!(
+            words("SELECT $1, $2; SELECT 1"),
+            vec![vec!["select"], vec!["select"]]
+        );
+    }
+}

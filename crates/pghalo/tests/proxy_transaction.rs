@@ -1,0 +1,256 @@
+//! Transaction pooling: many clients share few server connections, a
+//! connection changes hands only between transactions, and nothing of one
+//! client's session reaches another.
+
+#![allow(clippy::unwrap_used)] // tests may panic on what they did not expect
+
+mod common;
+
+use common::{ProxyConfig, conninfo, pg_connect, shared_lab};
+use pghalo::daemon::Daemon;
+use std::collections::HashSet;
+
+const SCRAM_ALL: &str = "host all all 127.0.0.1/32 scram-sha-256\n";
+
+async fn transaction_proxy(tag: &str, pool: usize) -> (Daemon, ProxyConfig) {
+    let lab = &shared_lab().lab;
+    let extra =
+        format!("mode = \"transaction\"\nmax_pool_size = {pool}\ncheckout_timeout = \"20s\"");
+    let config = ProxyConfig::write(lab, tag, "", &extra, SCRAM_ALL, None);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    (daemon, config)
+}
+
+fn password() -> String {
+    shared_lab().lab.secrets.postgres.clone()
+}
+
+/// 24 clients, each with its own named prepared statements, on 2 server
+/// connections: every statement runs, on at most 2 server processes.
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_work_across_shared_server_connections() {
+    let (_daemon, config) = transaction_proxy("tx-prepared", 2).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let mut tasks = Vec::new();
+    for client_no in 0..24i64 {
+        let info = info.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = pg_connect(&info).await.unwrap();
+            let add = client
+                .prepare("SELECT $1::int8 + $2::int8, pg_backend_pid()")
+                .await
+                .unwrap();
+            let echo = client.prepare("SELECT $1::text").await.unwrap();
+            let mut pids = HashSet::new();
+            for i in 0..40i64 {
+                let row = client.query_one(&add, &[&client_no, &i]).await.unwrap();
+                assert_eq!(row.get::<_, i64>(0), client_no + i);
+                pids.insert(row.get::<_, i32>(1));
+                let text: String = client
+                    .query_one(&echo, &[&format!("c{client_no}-{i}")])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(text, format!("c{client_no}-{i}"));
+            }
+            pids
+        }));
+    }
+    let mut all = HashSet::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    assert!(
+        !all.is_empty() && all.len() <= 2,
+        "24 clients ran on {} server processes",
+        all.len()
+    );
+}
+
+/// An open transaction keeps its server connection; others use the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_keeps_its_connection_until_it_ends() {
+    let (_daemon, config) = transaction_proxy("tx-hold", 2).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let holder = pg_connect(&info).await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let held: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let other = pg_connect(&info).await.unwrap();
+    for _ in 0..10 {
+        let pid: i32 = other
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(
+            pid, held,
+            "a connection inside a transaction was handed to another client"
+        );
+    }
+    let again: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, held);
+    holder.batch_execute("COMMIT").await.unwrap();
+}
+
+/// Session SETs follow the client to whatever connection it gets, and
+/// never reach another client; a SET in a rolled-back transaction is
+/// forgotten, as PostgreSQL forgets it.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_settings_follow_their_client_only() {
+    let (_daemon, config) = transaction_proxy("tx-set", 1).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let setter = pg_connect(&format!("{info} application_name=setter"))
+        .await
+        .unwrap();
+    let other = pg_connect(&info).await.unwrap();
+    setter
+        .batch_execute("SET statement_timeout = '1234ms'")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let mine: String = setter
+            .query_one("SHOW statement_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(mine, "1234ms");
+        let theirs = other
+            .query_one(
+                "SELECT current_setting('statement_timeout'), current_setting('application_name')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            theirs.get::<_, String>(0),
+            "0",
+            "one client's SET reached another"
+        );
+        assert_eq!(
+            theirs.get::<_, String>(1),
+            "",
+            "one client's application_name reached another"
+        );
+        let name: String = setter
+            .query_one("SHOW application_name", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(name, "setter");
+    }
+    setter
+        .batch_execute("BEGIN; SET work_mem = '9MB'; ROLLBACK")
+        .await
+        .unwrap();
+    other.batch_execute("SELECT 1").await.unwrap();
+    let work_mem: String = setter.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(work_mem, "4MB");
+    setter
+        .batch_execute("BEGIN; SET work_mem = '9MB'; COMMIT")
+        .await
+        .unwrap();
+    other.batch_execute("SELECT 1").await.unwrap();
+    let work_mem: String = setter.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(work_mem, "9MB");
+    setter.batch_execute("RESET ALL").await.unwrap();
+    other.batch_execute("SELECT 1").await.unwrap();
+    let row = setter
+        .query_one(
+            "SELECT current_setting('work_mem'), current_setting('statement_timeout')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("4MB".into(), "0".into())
+    );
+}
+
+/// Session state that cannot follow a client is refused, clearly, and the
+/// session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_that_cannot_follow_the_client_is_refused() {
+    let (_daemon, config) = transaction_proxy("tx-refuse", 2).await;
+    let client = pg_connect(&conninfo(config.port, "postgres", &password()))
+        .await
+        .unwrap();
+    for sql in [
+        "PREPARE p AS SELECT 1",
+        "LISTEN somewhere",
+        "CREATE TEMP TABLE t (x int)",
+        "SELECT set_config('a.b', 'c', false)",
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap();
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(
+            db.message()
+                .contains("not supported in transaction pooling mode"),
+            "{}",
+            db.message()
+        );
+        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+    }
+    // The same through the extended protocol.
+    let err = client.prepare("LISTEN x").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    // Transaction-scoped forms are fine.
+    client
+        .batch_execute("BEGIN; CREATE TEMP TABLE t (x int) ON COMMIT DROP; SET LOCAL work_mem = '2MB'; SELECT pg_advisory_xact_lock(7); COMMIT")
+        .await
+        .unwrap();
+}
+
+/// pgbench's write transactions with prepared statements, 16 clients on 3
+/// server connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn pgbench_runs_clean_in_transaction_mode() {
+    let (_daemon, config) = transaction_proxy("tx-pgbench", 3).await;
+    let port = config.port.to_string();
+    // pgbench -i talks to the proxy's port, so its pgpass entry must match
+    // this in-process proxy's port: give it one.
+    let pgpass = config.dir.join("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!("127.0.0.1:{port}:*:postgres:{}\n", password()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("pgbench")
+            .env("PGPASSFILE", &pgpass)
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+            .args(args)
+            .arg("postgres")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pgbench {args:?}: {text}");
+        text
+    };
+    run(&["-i", "-s", "1", "-q"]);
+    for mode in ["simple", "extended", "prepared"] {
+        let text = run(&["-T", "3", "-c", "16", "-j", "2", "-M", mode]);
+        assert!(
+            text.contains("number of failed transactions: 0 (0.000%)"),
+            "{mode}: {text}"
+        );
+    }
+}
