@@ -102,6 +102,7 @@ impl Daemon {
             unix.push((listener, path));
         }
         let tcp_addrs = tcp.iter().filter_map(|l| l.local_addr().ok()).collect();
+        tokio::spawn(maintain_pools(proxy.clone(), watcher.clone()));
         for listener in tcp {
             tokio::spawn(proxy.clone().serve_tcp(listener, watcher.clone()));
         }
@@ -193,6 +194,16 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Pool upkeep (min_idle, idle timeouts) until shutdown.
+async fn maintain_pools(proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => proxy.pools.maintain().await,
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
@@ -316,6 +327,7 @@ const FOREVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 
 pub fn pool_settings(config: &Config) -> PoolSettings {
     PoolSettings {
         max_pool_size: config.pool.max_pool_size as usize,
+        min_idle: config.pool.min_idle as usize,
         max_lifetime: config.pool.max_lifetime.limit(),
         idle_timeout: config.pool.idle_timeout.limit(),
         checkout_timeout: config.pool.checkout_timeout.as_duration(),

@@ -191,7 +191,8 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
 
     let (o, n) = (&old.tls, &new.tls);
     // Whether SSLRequest is answered 'S' is decided by the listener set up
-    // at start; the files are read for each new handshake.
+    // at start; the files are read at start and on each reload, and new
+    // handshakes use what was read last.
     d.field(Restart, "tls.enabled", &o.enabled, &n.enabled);
     // Removing a file while TLS stays on until the restart cannot apply:
     // handshakes would have nothing to use.

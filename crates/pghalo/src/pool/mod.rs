@@ -26,6 +26,9 @@ use crate::backend::{BackendCredentials, BackendError, ServerAddr, ServerConnect
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
     pub max_pool_size: usize,
+    /// Idle connections kept open per pool (opened ahead of demand once a
+    /// client has shown the credentials to open them).
+    pub min_idle: usize,
     pub max_lifetime: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub checkout_timeout: Duration,
@@ -38,6 +41,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
             max_pool_size: 20,
+            min_idle: 0,
             max_lifetime: Some(Duration::from_secs(3600)),
             idle_timeout: Some(Duration::from_secs(600)),
             checkout_timeout: Duration::from_secs(30),
@@ -88,6 +92,10 @@ pub struct Pools {
 
 #[derive(Debug)]
 struct Shard {
+    key: PoolKey,
+    /// Where and as whom new connections are opened: the last client's
+    /// view, so maintenance can open connections ahead of demand.
+    target: Mutex<Option<(ServerAddr, BackendCredentials)>>,
     /// Idle connections, most recently used last (reused first: warm caches).
     idle: Mutex<Vec<ServerConnection>>,
     /// One permit per connection that may exist, idle or checked out.
@@ -123,6 +131,8 @@ impl Pools {
             .entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Shard {
+                    key: key.clone(),
+                    target: Mutex::new(None),
                     idle: Mutex::new(Vec::new()),
                     permits: Arc::new(Semaphore::new(size)),
                     size,
@@ -141,6 +151,9 @@ impl Pools {
     ) -> Result<PooledConnection, PoolError> {
         let settings = self.settings();
         let shard = self.shard(key, settings.max_pool_size);
+        if let Ok(mut target) = shard.target.lock() {
+            *target = Some((addr.clone(), credentials.clone()));
+        }
         let permit = tokio::time::timeout(
             settings.checkout_timeout,
             shard.permits.clone().acquire_owned(),
@@ -154,7 +167,9 @@ impl Pools {
             waited: settings.checkout_timeout,
         })?;
         while let Some(mut conn) = shard.pop_idle() {
-            if expired(&conn, &settings) || !still_open(&mut conn) {
+            // A connection made under settings a reload has since replaced (TLS
+            // to the backend) is not what this checkout asked for.
+            if expired(&conn, &settings) || conn.addr != *addr || !still_open(&mut conn) {
                 tokio::spawn(conn.terminate());
                 continue;
             }
@@ -179,6 +194,72 @@ impl Pools {
             _permit: permit,
             settings,
         })
+    }
+
+    /// Closes idle connections past their lifetime or idle timeout and
+    /// opens connections up to `min_idle`; run every second or so.
+    pub async fn maintain(&self) {
+        let settings = self.settings();
+        let shards: Vec<Arc<Shard>> = {
+            let shards = self
+                .shards
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            shards.values().cloned().collect()
+        };
+        for shard in shards {
+            let expired_conns: Vec<ServerConnection> = match shard.idle.lock() {
+                Ok(mut idle) => {
+                    let (old, keep): (Vec<_>, Vec<_>) =
+                        idle.drain(..).partition(|c| expired(c, &settings));
+                    *idle = keep;
+                    old
+                }
+                Err(_) => Vec::new(),
+            };
+            for conn in expired_conns {
+                tokio::spawn(conn.terminate());
+            }
+            self.fill_min_idle(&shard, &settings).await;
+        }
+    }
+
+    async fn fill_min_idle(&self, shard: &Arc<Shard>, settings: &PoolSettings) {
+        let Some((addr, credentials)) = shard.target.lock().ok().and_then(|t| t.clone()) else {
+            return;
+        };
+        loop {
+            let idle = shard.idle.lock().map_or(usize::MAX, |idle| idle.len());
+            let checked_out = shard.size - shard.permits.available_permits();
+            if idle >= settings.min_idle || idle + checked_out >= shard.size {
+                return;
+            }
+            // Holding a permit while dialling keeps a client from being
+            // promised the slot this connection will fill.
+            let Ok(_permit) = shard.permits.clone().try_acquire_owned() else {
+                return;
+            };
+            let key = &shard.key;
+            match ServerConnection::connect(
+                &addr,
+                &key.user,
+                &key.database,
+                &credentials,
+                settings.connect_timeout,
+            )
+            .await
+            {
+                Ok(conn) => {
+                    if let Ok(mut idle) = shard.idle.lock() {
+                        idle.push(conn);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server = %addr, user = %key.user, "cannot open an idle connection for min_idle: {e}");
+                    return;
+                }
+            }
+        }
     }
 
     pub fn statement_known(&self, server_name: &str) -> bool {

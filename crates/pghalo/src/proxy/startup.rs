@@ -78,6 +78,9 @@ pub async fn read_opening(
                             tracing::debug!("TLS handshake with a client failed: {e}");
                             StartupFailure::Gone
                         })?;
+                        // Encrypted now: GSSAPI encryption cannot follow,
+                        // as in PostgreSQL.
+                        answered_gss = true;
                     }
                     None => write(&mut stream, b"N").await?,
                 }
@@ -96,11 +99,16 @@ pub async fn read_opening(
             }
             StartupPacket::Startup(msg) => {
                 if !buf.is_empty() {
-                    // PostgreSQL refuses pipelined bytes after an SSLRequest
-                    // answer too: they could not have been encrypted.
+                    // A client must wait for the answer to its startup
+                    // packet: bytes sent before it are refused rather than
+                    // guessed at (in plain text, they may be injected).
                     let error = ClientError::fatal(
                         SqlState::PROTOCOL_VIOLATION,
-                        "received unencrypted data after the startup packet",
+                        if stream.is_encrypted() {
+                            "received data after the startup packet before the server's answer"
+                        } else {
+                            "received unencrypted data after the startup packet"
+                        },
                     );
                     return Err(StartupFailure::Refuse(stream, error));
                 }

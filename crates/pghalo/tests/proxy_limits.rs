@@ -1,0 +1,182 @@
+//! Pool and client limits: min_idle, idle_timeout, client_idle_limit, and a
+//! reload that changes what it can without dropping anyone.
+
+#![allow(clippy::unwrap_used)] // tests may panic on what they did not expect
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ProxyConfig, conninfo, eventually, pg_connect, shared_lab};
+use pghalo::daemon::Daemon;
+
+const SCRAM_ALL: &str = "host all all 127.0.0.1/32 scram-sha-256\n";
+
+fn password() -> String {
+    shared_lab().lab.secrets.postgres.clone()
+}
+
+/// Server connections of this test's pool, by application_name marker.
+async fn server_connections(marker: &str) -> i64 {
+    let primary = shared_lab().lab.connect("node0").await.unwrap();
+    primary
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname = $1",
+            &[&marker],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_idle_opens_connections_and_idle_timeout_closes_them() {
+    let lab = &shared_lab().lab;
+    // A database of its own, so counting its connections counts this pool.
+    let primary = lab.connect("node0").await.unwrap();
+    primary
+        .batch_execute("CREATE DATABASE limits_minidle")
+        .await
+        .unwrap();
+    let config = ProxyConfig::write(
+        lab,
+        "minidle",
+        "",
+        "min_idle = 3\nmax_pool_size = 5\nidle_timeout = \"3s\"",
+        SCRAM_ALL,
+        None,
+    );
+    let _daemon = Daemon::start(&config.path()).await.unwrap();
+    let info = conninfo(config.port, "postgres", &password())
+        .replace("dbname=postgres", "dbname=limits_minidle");
+    let client = pg_connect(&info).await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+    drop(client);
+    let mut seen = 0;
+    let filled = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            seen = server_connections("limits_minidle").await;
+            if seen == 3 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        filled.is_ok(),
+        "min_idle = 3 should keep 3 server connections open, saw {seen}"
+    );
+    // idle_timeout closes idle connections, and min_idle opens fresh ones:
+    // the count stays at 3 but the server processes change.
+    let pids = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
+    };
+    let before = pids(
+        primary
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = 'limits_minidle' ORDER BY pid",
+                &[],
+            )
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = pids(
+        primary
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = 'limits_minidle' ORDER BY pid",
+                &[],
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(after.len(), 3);
+    assert!(
+        before.iter().all(|p| !after.contains(p)),
+        "idle connections past idle_timeout must be replaced: {before:?} {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_idle_limit_disconnects_idle_clients_only() {
+    let lab = &shared_lab().lab;
+    let config = ProxyConfig::write(
+        lab,
+        "idlelimit",
+        "client_idle_limit = \"1s\"",
+        "",
+        SCRAM_ALL,
+        None,
+    );
+    let _daemon = Daemon::start(&config.path()).await.unwrap();
+    let info = conninfo(config.port, "postgres", &password());
+    let busy = pg_connect(&info).await.unwrap();
+    // A statement running longer than the limit is not idleness.
+    busy.batch_execute("SELECT pg_sleep(1.5)").await.unwrap();
+    let idle = pg_connect(&info).await.unwrap();
+    idle.batch_execute("SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(
+        idle.batch_execute("SELECT 1").await.is_err(),
+        "an idle client past client_idle_limit is disconnected"
+    );
+    assert!(eventually(Duration::from_secs(5), || idle.is_closed()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_applies_new_files_without_dropping_clients() {
+    let lab = &shared_lab().lab;
+    let config = ProxyConfig::write(lab, "reload", "", "max_pool_size = 2", SCRAM_ALL, None);
+    let mut daemon = Daemon::start(&config.path()).await.unwrap();
+    let info = conninfo(config.port, "postgres", &password());
+    let staying = pg_connect(&info).await.unwrap();
+    staying.batch_execute("BEGIN; CREATE TABLE IF NOT EXISTS reload_probe (x int); INSERT INTO reload_probe VALUES (1)").await.unwrap();
+
+    // The hba now rejects postgres; the pool grows; the port changes (which
+    // needs a restart, so it is reported and not applied).
+    std::fs::write(
+        config.dir.join("pool_hba.conf"),
+        "host all postgres 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    let text = text
+        .replace("max_pool_size = 2", "max_pool_size = 4")
+        .replace(&format!("port = {}", config.port), "port = 1");
+    std::fs::write(config.path(), text).unwrap();
+    let plan = daemon.reload().unwrap();
+    assert!(
+        plan.live.iter().any(|c| c.contains("max_pool_size")),
+        "{plan:?}"
+    );
+    assert!(
+        plan.restart_required.iter().any(|c| c.contains("port")),
+        "{plan:?}"
+    );
+
+    // The connected client's transaction goes on untouched.
+    staying
+        .batch_execute("INSERT INTO reload_probe VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    let n: i64 = staying
+        .query_one("SELECT count(*) FROM reload_probe", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    // New clients meet the new hba, on the old port.
+    let refused = pg_connect(&info).await.err().unwrap();
+    assert_eq!(refused.code().unwrap().code(), "28000");
+
+    // A broken file is refused whole and nothing changes.
+    std::fs::write(
+        config.dir.join("pool_hba.conf"),
+        "host all all nonsense trust\n",
+    )
+    .unwrap();
+    assert!(daemon.reload().is_err());
+    let still_refused = pg_connect(&info).await.err().unwrap();
+    assert_eq!(still_refused.code().unwrap().code(), "28000");
+}
