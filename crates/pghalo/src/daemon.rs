@@ -35,6 +35,19 @@ pub enum DaemonError {
     },
     #[error("cannot install the {0} handler: {1}")]
     Signal(&'static str, std::io::Error),
+    #[error("pid file {} names process {pid}, which is running: is another pghalo using this configuration?", .path.display())]
+    AlreadyRunning { path: PathBuf, pid: i32 },
+    #[error("cannot write the pid file {}: {source}", .path.display())]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} sets no [daemon] pid_file_name, so there is no way to find the running pghalo", .0.display())]
+    NoPidFile(PathBuf),
+    #[error("no pghalo is running for {}: {why}", .path.display())]
+    NotRunning { path: PathBuf, why: String },
+    #[error("pghalo (pid {0}) did not stop within 30 s")]
+    StopTimeout(i32),
 }
 
 /// A running pghalo instance.
@@ -53,6 +66,16 @@ impl Daemon {
     pub async fn start(path: &Path) -> Result<Daemon, DaemonError> {
         let config = Arc::new(Config::load(path)?);
         let auth = load_auth(&config)?;
+        if let Some(pid_file) = &config.daemon.pid_file_name {
+            // A launcher (the lab) may have written our own pid already.
+            if let Some(pid) = running_pid(pid_file).filter(|&pid| pid != std::process::id() as i32)
+            {
+                return Err(DaemonError::AlreadyRunning {
+                    path: pid_file.clone(),
+                    pid,
+                });
+            }
+        }
         let tls = load_tls(&config)?;
         if tls.backend != BackendTls::Disable && config.tls.backend_ca_file.is_none() {
             tracing::warn!(
@@ -111,6 +134,14 @@ impl Daemon {
             tokio::spawn(proxy.clone().serve_unix(listener, watcher.clone()));
             unix_paths.push(path);
         }
+        if let Some(pid_file) = &config.daemon.pid_file_name {
+            std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|source| {
+                DaemonError::PidFile {
+                    path: pid_file.clone(),
+                    source,
+                }
+            })?;
+        }
         tracing::info!(config = %path.display(), listen = ?tcp_addrs, "pghalo is serving");
         Ok(Daemon {
             path: path.to_path_buf(),
@@ -158,6 +189,11 @@ impl Daemon {
         for path in &self.unix_paths {
             let _ = std::fs::remove_file(path);
         }
+        if let Some(pid_file) = &self.config.daemon.pid_file_name
+            && running_pid(pid_file) == Some(std::process::id() as i32)
+        {
+            let _ = std::fs::remove_file(pid_file);
+        }
     }
 
     /// Serves until SIGINT or SIGTERM, reloading on SIGHUP.
@@ -195,6 +231,63 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The pid in `pid_file`, if that process is alive.
+fn running_pid(pid_file: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    alive(pid).then_some(pid)
+}
+
+/// A process that exists and has not exited (a zombie has: it only waits
+/// for its parent to reap it).
+fn alive(pid: i32) -> bool {
+    let exists = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false);
+    exists && !zombie
+}
+
+/// Signals the pghalo running with the configuration at `path` (found
+/// through its pid file): SIGHUP for `pghalo reload`, SIGTERM for
+/// `pghalo stop` (which then waits for it to exit).
+pub async fn signal_running(
+    path: &Path,
+    signal: nix::sys::signal::Signal,
+) -> Result<i32, DaemonError> {
+    let config = Config::load(path)?;
+    let pid_file = config
+        .daemon
+        .pid_file_name
+        .ok_or_else(|| DaemonError::NoPidFile(path.to_path_buf()))?;
+    let pid = running_pid(&pid_file).ok_or_else(|| DaemonError::NotRunning {
+        path: path.to_path_buf(),
+        why: format!("{} is missing or names no live process", pid_file.display()),
+    })?;
+    let target = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(target, signal).map_err(|e| DaemonError::NotRunning {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    if signal == nix::sys::signal::Signal::SIGTERM {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while alive(pid) {
+            if std::time::Instant::now() >= deadline {
+                return Err(DaemonError::StopTimeout(pid));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(pid)
 }
 
 /// Pool upkeep (min_idle, idle timeouts) until shutdown.

@@ -30,6 +30,18 @@ enum Command {
     /// pg_md5 / pg_enc); the password is read from standard input or asked
     /// for on the terminal, never taken from the command line.
     Passwd(pghalo::config::passwd::PasswdArgs),
+    /// Makes the running pghalo re-read its configuration (SIGHUP through
+    /// the pid file), like `pgpool reload`.
+    Reload {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Stops the running pghalo (SIGTERM through the pid file) and waits
+    /// for it to exit, like `pgpool stop`.
+    Stop {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
     /// Checks a configuration file (and the hba and password files it
     /// names) without starting anything.
     CheckConfig {
@@ -140,6 +152,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let summary = pghalo::daemon::check_config(&config)?;
             println!("{summary}");
+            Ok(())
+        }
+        Command::Reload { config } => {
+            let pid =
+                pghalo::daemon::signal_running(&config, nix::sys::signal::Signal::SIGHUP).await?;
+            println!(
+                "asked pghalo (pid {pid}) to reload {}; its log says what changed",
+                config.display()
+            );
+            Ok(())
+        }
+        Command::Stop { config } => {
+            let pid =
+                pghalo::daemon::signal_running(&config, nix::sys::signal::Signal::SIGTERM).await?;
+            println!("pghalo (pid {pid}) stopped");
             Ok(())
         }
         Command::Passwd(args) => {

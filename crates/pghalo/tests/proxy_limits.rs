@@ -180,3 +180,54 @@ async fn reload_applies_new_files_without_dropping_clients() {
     let still_refused = pg_connect(&info).await.err().unwrap();
     assert_eq!(still_refused.code().unwrap().code(), "28000");
 }
+
+/// `pghalo reload` and `pghalo stop`, pgpool's commands, against a real
+/// daemon process found through its pid file.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_and_stop_commands_reach_the_running_daemon() {
+    let lab = shared_lab();
+    let proxy = lab.lab.proxy("pghalo0").unwrap();
+    let dir = lab.dir().join("pghalo0");
+    let config = dir.join("pghalo.toml");
+    let info = conninfo(proxy.port, "pghalo", &lab.lab.secrets.pghalo);
+    let before = pg_connect(&info).await.unwrap();
+    before.batch_execute("SELECT 1").await.unwrap();
+
+    std::fs::write(
+        dir.join("pool_hba.conf"),
+        "host all pghalo 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = common::pghalo(&["reload", "-c", config.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("asked pghalo"), "{stdout}");
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match pg_connect(&info).await {
+                Err(e) if e.code().map(|c| c.code()) == Some("28000") => return,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "the reloaded hba must reject the pghalo user"
+    );
+    before
+        .batch_execute("SELECT 1")
+        .await
+        .expect("a reload must not drop connected clients");
+
+    let pid: i32 = std::fs::read_to_string(dir.join("pghalo.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (ok, stdout, stderr) = common::pghalo(&["stop", "-c", config.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("stopped"), "{stdout}");
+    assert!(!common::process_alive(pid));
+    let (ok, _, stderr) = common::pghalo(&["reload", "-c", config.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("no pghalo is running"), "{stderr}");
+}

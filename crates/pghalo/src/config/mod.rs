@@ -54,6 +54,8 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
     /// pgpool's backend_*N parameters, one `[[backend]]` per node; a node's
     /// N (its identity in pgpool's tools) is its position in this list.
     #[serde(default, rename = "backend")]
@@ -222,6 +224,19 @@ pub struct TlsConfig {
     pub backend_ca_file: Option<PathBuf>,
 }
 
+/// The daemon process itself.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// pgpool pid_file_name: where `pghalo run` writes its pid, and where
+    /// `pghalo reload` and `pghalo stop` find it. `""` = no pid file.
+    #[serde(
+        deserialize_with = "types::optional_path",
+        serialize_with = "serialize_optional_path"
+    )]
+    pub pid_file_name: Option<PathBuf>,
+}
+
 /// Logging.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -379,6 +394,7 @@ impl Config {
             &mut self.tls.key_file,
             &mut self.tls.ca_file,
             &mut self.tls.backend_ca_file,
+            &mut self.daemon.pid_file_name,
         ]
         .into_iter()
         .flatten()

@@ -226,6 +226,13 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         &quoted(&new.log.level),
     );
 
+    d.path(
+        Restart,
+        "daemon.pid_file_name",
+        &old.daemon.pid_file_name,
+        &new.daemon.pid_file_name,
+    );
+
     diff_backends(&mut d, &old.backends, &new.backends);
     d.plan
 }
@@ -289,6 +296,7 @@ pub fn apply_live(old: &Config, new: &Config) -> Config {
     next.listen.unix_socket_directories = old.listen.unix_socket_directories.clone();
     next.listen.unix_socket_permissions = old.listen.unix_socket_permissions;
     next.pool.mode = old.pool.mode;
+    next.daemon = old.daemon.clone();
 
     next.tls.enabled = old.tls.enabled;
     // Keeping TLS on while the new file drops the certificate would leave

@@ -40,7 +40,9 @@ impl Lab {
                  mode = \"session\"\n\n\
                  [auth]\n\
                  pool_hba = \"pool_hba.conf\"\n\
-                 pool_passwd = \"pool_passwd\"\n",
+                 pool_passwd = \"pool_passwd\"\n\n\
+                 [daemon]\n\
+                 pid_file_name = \"pghalo.pid\"\n",
                 name = proxy.name,
                 port = proxy.port,
             );
