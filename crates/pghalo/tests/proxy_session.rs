@@ -428,3 +428,86 @@ async fn an_exhausted_pool_queues_then_fails_with_53300() {
     drop(holder);
     assert!(waiter.await.unwrap().is_ok());
 }
+
+/// Many requests sent before any answer (tokio-postgres pipelines
+/// concurrent queries on one connection): every answer comes back to the
+/// right request, in order.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let client = pg_connect(&conninfo(proxy_port(), "postgres", &password()))
+        .await
+        .unwrap();
+    let stmt = client
+        .prepare("SELECT $1::int4 * 10, pg_sleep(0.001)::text")
+        .await
+        .unwrap();
+    let queries = (0..200i32).map(|i| {
+        let client = &client;
+        let stmt = &stmt;
+        async move { (i, client.query_one(stmt, &[&i]).await) }
+    });
+    for (i, result) in futures_util::future::join_all(queries).await {
+        assert_eq!(result.unwrap().get::<_, i32>(0), i * 10);
+    }
+    // An error in the middle of a pipeline fails only its own request.
+    let (a, b, c) = tokio::join!(
+        client.query_one("SELECT 1::int4", &[]),
+        client.query_one("SELECT 1/0", &[]),
+        client.query_one("SELECT 3::int4", &[])
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(b.unwrap_err().code().unwrap().code(), "22012");
+    assert_eq!(c.unwrap().get::<_, i32>(0), 3);
+}
+
+/// libpq's large-object calls use the protocol's FunctionCall message.
+#[test]
+fn function_calls_work_through_pghalo() {
+    let lab = shared_lab();
+    let port = proxy_port().to_string();
+    let file = common::unique_dir("lo");
+    std::fs::write(&file, b"large object through pghalo\n").unwrap();
+    let script = format!(
+        "\\lo_import {}\nSELECT convert_from(lo_get(:LASTOID), 'UTF8');\n",
+        file.display()
+    );
+    let mut child = std::process::Command::new("psql")
+        .env("PGPASSFILE", lab.lab.pgpass())
+        .args([
+            "-X",
+            "-w",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("large object through pghalo"), "{text}");
+}

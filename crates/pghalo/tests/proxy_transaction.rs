@@ -254,3 +254,30 @@ async fn pgbench_runs_clean_in_transaction_mode() {
         );
     }
 }
+
+/// Pipelined extended-protocol requests in transaction mode: the server
+/// connection is not given away while answers are still owed.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelines_keep_their_connection_until_answered() {
+    let (_daemon, config) = transaction_proxy("tx-pipeline", 2).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let info = info.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = pg_connect(&info).await.unwrap();
+            let stmt = client.prepare("SELECT $1::int4 + 1").await.unwrap();
+            let queries = (0..100i32).map(|i| {
+                let client = &client;
+                let stmt = &stmt;
+                async move { (i, client.query_one(stmt, &[&i]).await) }
+            });
+            for (i, result) in futures_util::future::join_all(queries).await {
+                assert_eq!(result.unwrap().get::<_, i32>(0), i + 1);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
