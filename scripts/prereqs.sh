@@ -79,3 +79,36 @@ pghalo_ensure_prereqs() {
         return 1
     fi
 }
+
+# The client tests (crates/pghalo/tests/clients/) run psycopg 3 with the
+# python3 on PATH; pip installs it there when it is missing.
+pghalo_have_psycopg() {
+    python3 -c 'import psycopg' >/dev/null 2>&1
+}
+
+pghalo_ensure_python_prereqs() {
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "pghalo: python3 is not on PATH; the client tests need it with psycopg 3: apt-get install python3 python3-pip, then python3 -m pip install 'psycopg[binary]'" >&2
+        return 1
+    fi
+    pghalo_have_psycopg && return 0
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "pghalo: installing python3-pip" >&2
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null || true
+        fi
+        if ! python3 -m pip --version >/dev/null 2>&1; then
+            echo "pghalo: $(command -v python3) has no pip; install python3-pip, then: python3 -m pip install 'psycopg[binary]'" >&2
+            return 1
+        fi
+    fi
+    echo "pghalo: installing psycopg 3 for $(command -v python3) (pip install 'psycopg[binary]')" >&2
+    # A Debian system python refuses plain pip installs (PEP 668).
+    python3 -m pip install --quiet 'psycopg[binary]' >/dev/null 2>&1 ||
+        python3 -m pip install --quiet --break-system-packages 'psycopg[binary]' >/dev/null 2>&1 ||
+        true
+    if ! pghalo_have_psycopg; then
+        echo "pghalo: could not install psycopg 3 for $(command -v python3); install it with: python3 -m pip install 'psycopg[binary]'" >&2
+        return 1
+    fi
+}

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/prereqs.sh
 source scripts/prereqs.sh
 pghalo_ensure_prereqs
+# The client tests drive psycopg 3; the demo does not need it.
+pghalo_ensure_python_prereqs
 
 started=$(date +%s)
 cargo fmt --all --check

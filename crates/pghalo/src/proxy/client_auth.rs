@@ -188,7 +188,9 @@ pub async fn authenticate(
 /// PostgreSQL's wording for the connection in hba errors.
 fn describe_host(peer: Peer, user: &str, database: &str, encrypted: bool) -> String {
     match peer {
-        Peer::Unix => format!("local connection, user \"{user}\", database \"{database}\""),
+        Peer::Unix => {
+            format!("host \"[local]\", user \"{user}\", database \"{database}\", no encryption")
+        }
         Peer::Tcp(addr) => format!(
             "host \"{}\", user \"{user}\", database \"{database}\", {}",
             addr.ip(),
@@ -268,9 +270,12 @@ fn cert_failed(user: &str) -> ClientError {
 
 /// md5 rules do SCRAM when the stored secret is a SCRAM verifier, as
 /// PostgreSQL does.
+/// An unknown user on an md5 rule gets a (mock) SCRAM exchange, as
+/// PostgreSQL gives one when password_encryption is scram-sha-256: an md5
+/// challenge would tell a prober the name does not exist.
 fn effective_method(method: AuthMethod, stored: Option<&PasswordEntry>) -> AuthMethod {
     match (method, stored) {
-        (AuthMethod::Md5, Some(PasswordEntry::Scram(_))) => AuthMethod::ScramSha256,
+        (AuthMethod::Md5, Some(PasswordEntry::Scram(_)) | None) => AuthMethod::ScramSha256,
         (method, _) => method,
     }
 }

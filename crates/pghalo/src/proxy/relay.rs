@@ -42,8 +42,11 @@ const HIGH_WATER: usize = 256 * 1024;
 /// Client messages the relay must see whole; everything else (CopyData
 /// above all) streams through in pieces.
 const CLIENT_WHOLE: &[u8] = b"QPBDCSHEFXcf";
-/// Server messages the relay must see whole (small ones, by nature).
-const SERVER_WHOLE: &[u8] = b"123ZCSIns";
+/// Every message type a client may send after authentication.
+const FRONTEND_TAGS: &[u8] = b"QPBDCSHEFXdcf";
+/// Server messages the relay must see whole (small ones, by nature, and
+/// errors, whose severity matters).
+const SERVER_WHOLE: &[u8] = b"123ZCSInsE";
 
 /// What the server will send back for something the relay forwarded, or
 /// what the relay will answer itself.
@@ -193,6 +196,9 @@ pub(super) struct Relay<'a> {
     pending_effects: Vec<Effect>,
     tx_status: u8,
     statements: HashMap<String, ClientStatement>,
+    /// The server's last word was a FATAL: the client has been told why
+    /// the connection ends, and needs no second error from pghalo.
+    server_fatal: bool,
 }
 
 enum Io {
@@ -242,6 +248,7 @@ impl<'a> Relay<'a> {
             pending_effects: Vec::new(),
             tx_status: b'I',
             statements: HashMap::new(),
+            server_fatal: false,
         }
     }
 
@@ -333,6 +340,9 @@ impl<'a> Relay<'a> {
             && !self.unsynced
             && self.sout.is_empty()
             && self.server_skip == 0
+            // A request the client has started to send (a large Query
+            // arriving in pieces) belongs on this connection.
+            && self.cin.is_empty()
     }
 
     /// Runs until the session ends, then settles the server connection.
@@ -493,9 +503,15 @@ impl<'a> Relay<'a> {
                 }
                 return None;
             }
+            if !FRONTEND_TAGS.contains(&tag) {
+                // As PostgreSQL answers it; forwarding it would leave the
+                // server's FATAL on a connection another client may get.
+                return Some(End::ClientProtocol(format!(
+                    "invalid frontend message type {tag}"
+                )));
+            }
             if !CLIENT_WHOLE.contains(&tag) {
-                // Streamed: CopyData and anything unknown (the server
-                // decides what to make of it).
+                // Streamed: CopyData.
                 self.client_skip = total;
                 continue;
             }
@@ -882,7 +898,16 @@ impl<'a> Relay<'a> {
                 }
                 self.pop_if(|e| matches!(e, Expect::Execute));
             }
-            be::ERROR_RESPONSE => self.server_error(),
+            be::ERROR_RESPONSE => {
+                if let Some(message) = message {
+                    let severity = be::ErrorFields::parse_error(&message[5..])
+                        .ok()
+                        .and_then(|f| f.severity_level());
+                    self.server_fatal =
+                        matches!(severity, Some(be::Severity::Fatal | be::Severity::Panic));
+                }
+                self.server_error();
+            }
             be::READY_FOR_QUERY => {
                 if let Some(status) = message.and_then(|m| m.get(5)) {
                     self.ready(*status);
@@ -1040,6 +1065,7 @@ impl<'a> Relay<'a> {
     /// Leaves the server connection clean for the next client, or closed.
     async fn finish(&mut self, end: &End) {
         let reply = match end {
+            End::ServerGone if self.server_fatal => None,
             End::ServerGone => Some(ClientError::fatal(
                 SqlState::CONNECTION_FAILURE,
                 "server closed the connection unexpectedly",
