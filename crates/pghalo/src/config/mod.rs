@@ -627,7 +627,7 @@ mod tests {
         let (line, key, msg) = fail(&format!("verbose = true\n{MINIMAL}"));
         assert_eq!((line, key.as_str()), (1, "verbose"));
         assert!(
-            msg.contains("unknown key 'verbose' at the top level (expected one of: listen, pool, auth, tls, log, backend)"),
+            msg.contains("unknown key 'verbose' at the top level (expected one of: listen, pool, auth, tls, log, daemon, backend)"),
             "{msg}"
         );
         let (line, key, _) = fail(&format!("[pool]\n\n[tls]\nssl = true\n{MINIMAL}"));
