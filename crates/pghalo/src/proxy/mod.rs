@@ -160,7 +160,9 @@ impl Proxy {
     async fn handle(self: Arc<Self>, stream: Stream, peer: Peer) {
         let permit = self.clients.clone().try_acquire_owned().ok();
         let settings = self.settings();
-        let mut buf = BytesMut::with_capacity(crate::net::READ_CHUNK);
+        // Startup packets are small; the relay grows the buffer if the
+        // client streams.
+        let mut buf = BytesMut::with_capacity(1024);
         let now = tokio::time::Instant::now();
         let deadline = settings
             .authentication_timeout

@@ -39,6 +39,9 @@ use crate::pool::{PoolKey, PooledConnection};
 /// it: memory stays bounded whatever the peers do.
 const HIGH_WATER: usize = 256 * 1024;
 
+/// The first read of a quiet client: most requests fit.
+const SMALL_READ: usize = 1024;
+
 /// Client messages the relay must see whole; everything else (CopyData
 /// above all) streams through in pieces.
 const CLIENT_WHOLE: &[u8] = b"QPBDCSHEFXcf";
@@ -178,6 +181,8 @@ pub(super) struct Relay<'a> {
     cout: BytesMut,
     /// Bytes for the server not yet written.
     sout: BytesMut,
+    /// How much the next client read asks for.
+    client_read_size: usize,
     server: Option<PooledConnection>,
     queue: VecDeque<Expect>,
     /// Bytes of a streamed client message (CopyData) still to pass.
@@ -235,8 +240,9 @@ impl<'a> Relay<'a> {
             cancel,
             settings,
             cin,
-            cout: BytesMut::with_capacity(READ_CHUNK),
-            sout: BytesMut::with_capacity(READ_CHUNK),
+            cout: BytesMut::new(),
+            sout: BytesMut::new(),
+            client_read_size: SMALL_READ,
             server: None,
             queue: VecDeque::new(),
             client_skip: 0,
@@ -385,7 +391,16 @@ impl<'a> Relay<'a> {
                 Io::ServerRead(Ok(0)) | Io::ServerRead(Err(_)) | Io::ServerWrote(Err(_)) => {
                     return End::ServerGone;
                 }
-                Io::ClientRead(Ok(_)) | Io::ServerRead(Ok(_)) => {}
+                Io::ClientRead(Ok(n)) => {
+                    // Grow reads while the client streams; an idle client
+                    // costs a small buffer, not 16 KiB (10,000 idle clients).
+                    self.client_read_size = if n >= self.client_read_size {
+                        (self.client_read_size * 4).min(READ_CHUNK * 4)
+                    } else {
+                        SMALL_READ.max(n.next_power_of_two()).min(READ_CHUNK)
+                    };
+                }
+                Io::ServerRead(Ok(_)) => {}
                 Io::ClientWrote(Ok(n)) => self.cout.advance(n),
                 Io::ServerWrote(Ok(n)) => self.sout.advance(n),
                 Io::Idle => return End::IdleTimeout,
@@ -407,7 +422,7 @@ impl<'a> Relay<'a> {
             .filter(|_| self.queue.is_empty() && self.tx_status == b'I' && self.cout.is_empty());
         let mut timer = idle.map(|d| Box::pin(tokio::time::sleep(d)));
         if read_client {
-            self.cin.reserve(READ_CHUNK);
+            self.cin.reserve(self.client_read_size);
         }
         let Relay {
             client,
