@@ -140,30 +140,9 @@ fn pgpass_lets_psql_reach_every_node_as_every_lab_user() {
     assert_eq!(mode, 0o600, "libpq ignores a pgpass readable by others");
     for node in &lab.lab.manifest.nodes {
         for user in ["postgres", "pghalo"] {
-            let out = std::process::Command::new("psql")
-                .env("PGPASSFILE", &pgpass)
-                .args([
-                    "-X",
-                    "-w",
-                    "-At",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &node.port.to_string(),
-                    "-U",
-                    user,
-                    "postgres",
-                ])
-                .args(["-c", "SELECT current_user"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "psql to {} as {user}: {}",
-                node.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), user);
+            let out = common::psql(&pgpass, node.port, user, &["-c", "SELECT current_user"], "");
+            assert!(out.ok, "psql to {} as {user}: {}", node.name, out.stderr);
+            assert_eq!(out.stdout.trim(), user);
         }
     }
 }

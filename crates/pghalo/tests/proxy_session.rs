@@ -132,107 +132,56 @@ async fn wrong_password_and_unknown_user_fail_alike() {
 
 #[test]
 fn psql_runs_copy_both_ways_through_pghalo() {
-    let lab = shared_lab();
-    let port = proxy_port().to_string();
-    let psql = |args: &[&str], stdin: Option<&str>| {
-        use std::io::Write;
-        let mut child = std::process::Command::new("psql")
-            .env("PGPASSFILE", lab.lab.pgpass())
-            .args([
-                "-X",
-                "-w",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "postgres",
-            ])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.unwrap_or("").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "psql failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+    let pgpass = shared_lab().lab.pgpass();
+    let run = |args: &[&str], stdin: &str| {
+        let out = common::psql(
+            &pgpass,
+            proxy_port(),
+            "postgres",
+            &[&["-v", "ON_ERROR_STOP=1"], args].concat(),
+            stdin,
         );
-        String::from_utf8(out.stdout).unwrap()
+        assert!(out.ok, "psql failed: {}", out.stderr);
+        out.stdout
     };
-    psql(
+    run(
         &[
             "-c",
             "DROP TABLE IF EXISTS copy_through; CREATE TABLE copy_through (id int, t text)",
         ],
-        None,
+        "",
     );
     let rows: String = (0..20_000).map(|i| format!("{i}\trow {i}\n")).collect();
-    psql(&["-c", "COPY copy_through FROM STDIN"], Some(&rows));
-    let out = psql(
+    run(&["-c", "COPY copy_through FROM STDIN"], &rows);
+    let out = run(
         &[
             "-c",
             "COPY (SELECT * FROM copy_through ORDER BY id) TO STDOUT",
         ],
-        None,
+        "",
     );
     assert_eq!(out, rows);
     // A COPY that fails half-way leaves the session usable.
-    let mixed = "1\tok\nnot-a-number\tbad\n";
-    let failed = std::process::Command::new("psql")
-        .env("PGPASSFILE", lab.lab.pgpass())
-        .args([
-            "-X",
-            "-w",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .args([
+    let failed = common::psql(
+        &pgpass,
+        proxy_port(),
+        "postgres",
+        &[
             "-c",
             "COPY copy_through FROM STDIN",
             "-c",
             "SELECT count(*) FROM copy_through",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut child = failed;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(mixed.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("invalid input syntax for type integer"),
-            "{stderr}"
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20000");
-    }
+        ],
+        "1\tok\nnot-a-number\tbad\n",
+    );
+    assert!(
+        failed
+            .stderr
+            .contains("invalid input syntax for type integer"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(failed.stdout.trim(), "20000");
 }
 
 #[tokio::test]
@@ -463,51 +412,24 @@ async fn pipelined_requests_are_answered_in_order() {
 /// libpq's large-object calls use the protocol's FunctionCall message.
 #[test]
 fn function_calls_work_through_pghalo() {
-    let lab = shared_lab();
-    let port = proxy_port().to_string();
     let file = common::unique_dir("lo");
     std::fs::write(&file, b"large object through pghalo\n").unwrap();
     let script = format!(
         "\\lo_import {}\nSELECT convert_from(lo_get(:LASTOID), 'UTF8');\n",
         file.display()
     );
-    let mut child = std::process::Command::new("psql")
-        .env("PGPASSFILE", lab.lab.pgpass())
-        .args([
-            "-X",
-            "-w",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    std::fs::remove_file(&file).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::psql(
+        &shared_lab().lab.pgpass(),
+        proxy_port(),
+        "postgres",
+        &["-v", "ON_ERROR_STOP=1"],
+        &script,
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("large object through pghalo"), "{text}");
+    std::fs::remove_file(&file).unwrap();
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("large object through pghalo"),
+        "{}",
+        out.stdout
+    );
 }

@@ -313,3 +313,44 @@ pub async fn pg_connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_
     });
     Ok(client)
 }
+
+/// What a psql run printed.
+pub struct PsqlOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs psql (`-X -w -At`, password from `pgpass`) against 127.0.0.1:`port`
+/// as `user`, with `args` after the connection options and `stdin` fed in.
+pub fn psql(pgpass: &Path, port: u16, user: &str, args: &[&str], stdin: &str) -> PsqlOutput {
+    let mut child = Command::new("psql")
+        .env("PGPASSFILE", pgpass)
+        .args([
+            "-X",
+            "-w",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            user,
+            "postgres",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running psql");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("feeding psql");
+    }
+    let out = child.wait_with_output().expect("waiting for psql");
+    PsqlOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
