@@ -11,11 +11,13 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::backend::{BackendTls, ServerAddr};
+use crate::cluster::Cluster;
 use crate::config::hba::HbaRules;
 use crate::config::passwd::PasswordFile;
 use crate::config::{
     BackendHost, BackendTlsMode, Config, ConfigError, ListenAddress, ReloadPlan, reload_plan,
 };
+use crate::health::{MonitorSettings, ReplicationMonitor};
 use crate::net::tls::{ClientTls, ServerTls, TlsError};
 use crate::pool::PoolSettings;
 use crate::proxy::{AuthFiles, Proxy, ProxySettings};
@@ -59,6 +61,11 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     tcp_addrs: Vec<SocketAddr>,
     unix_paths: Vec<PathBuf>,
+    /// The node table the replication monitor feeds; lives as long as
+    /// the daemon.
+    cluster: Cluster,
+    /// Stops with `shutdown`.
+    monitor: ReplicationMonitor,
 }
 
 impl Daemon {
@@ -66,6 +73,7 @@ impl Daemon {
     pub async fn start(path: &Path) -> Result<Daemon, DaemonError> {
         let config = Arc::new(Config::load(path)?);
         let auth = load_auth(&config)?;
+        let monitor_settings = monitor_settings(&config, &auth)?;
         if let Some(pid_file) = &config.daemon.pid_file_name {
             // A launcher (the lab) may have written our own pid already.
             if let Some(pid) = running_pid(pid_file).filter(|&pid| pid != std::process::id() as i32)
@@ -126,6 +134,10 @@ impl Daemon {
         }
         let tcp_addrs = tcp.iter().filter_map(|l| l.local_addr().ok()).collect();
         tokio::spawn(maintain_pools(proxy.clone(), watcher.clone()));
+        let cluster = Cluster::start(&config.backends);
+        proxy.set_cluster(cluster.view());
+        let monitor =
+            ReplicationMonitor::start(monitor_settings, cluster.observer(), watcher.clone());
         for listener in tcp {
             tokio::spawn(proxy.clone().serve_tcp(listener, watcher.clone()));
         }
@@ -150,7 +162,15 @@ impl Daemon {
             shutdown,
             tcp_addrs,
             unix_paths,
+            cluster,
+            monitor,
         })
+    }
+
+    /// The node table: roles, statuses and lag as the replication monitor
+    /// sees them.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     /// Where TCP clients can connect.
@@ -173,12 +193,15 @@ impl Daemon {
         let plan = reload_plan(&self.config, &new);
         let applied = Arc::new(crate::config::apply_live(&self.config, &new));
         let tls = load_tls(&applied)?;
+        let monitor_settings = monitor_settings(&applied, &auth)?;
         self.proxy.reload(
             proxy_settings(&applied, &tls.backend),
             auth,
             pool_settings(&applied),
         );
         self.proxy.set_tls(tls.server);
+        self.monitor.reconfigure(monitor_settings);
+        self.cluster.update_backends(&applied.backends);
         self.config = applied;
         Ok(plan)
     }
@@ -304,7 +327,8 @@ async fn maintain_pools(proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) 
 /// one-paragraph summary of it.
 pub fn check_config(path: &Path) -> Result<String, DaemonError> {
     let config = Config::load(path)?;
-    load_auth(&config)?;
+    let auth = load_auth(&config)?;
+    monitor_settings(&config, &auth)?;
     load_tls(&config)?;
     let backends: Vec<String> = config
         .backends
@@ -334,6 +358,13 @@ fn load_auth(config: &Config) -> Result<AuthFiles, DaemonError> {
         passwd,
         mock_secret: rand::random(),
     })
+}
+
+/// The replication monitor's settings, its password resolved (pool_passwd
+/// looked up, AES decrypted): a password that cannot be used fails here.
+fn monitor_settings(config: &Config, auth: &AuthFiles) -> Result<MonitorSettings, DaemonError> {
+    MonitorSettings::from_config(config, &auth.passwd)
+        .map_err(|e| DaemonError::AuthFile(e.to_string()))
 }
 
 /// The `[tls]` files, read and checked.

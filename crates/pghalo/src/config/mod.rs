@@ -11,6 +11,9 @@
 //! - `mod.rs`: the schema and [`Config::load`].
 //! - `units.rs`: durations, byte sizes, file modes.
 //! - `types.rs`: listen addresses, backend hosts and flags, modes.
+//! - `routing.rs`: `[load_balance]`'s patterns and redirect preferences.
+//! - `password.rs`: password parameters (`sr_check_password`) in pgpool's
+//!   forms, and the password they resolve to.
 //! - `validate.rs`: the checks serde cannot express.
 //! - `locate.rs`, `error.rs`: finding the line and key of every error.
 //! - `reload.rs`: [`reload_plan`] and [`apply_live`].
@@ -21,7 +24,9 @@ pub mod passwd;
 
 mod error;
 mod locate;
+mod password;
 mod reload;
+mod routing;
 mod types;
 mod units;
 mod validate;
@@ -32,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use toml_edit::ImDocument;
 
 pub use error::ConfigError;
+pub use password::{ConfigPassword, MissingPassword, ResolvedPassword};
 pub use reload::{ReloadPlan, apply_live, reload_plan};
+pub use routing::{DisableLoadBalanceOnWrite, Pattern, RedirectPreference, RedirectTarget};
 pub use types::{
     BackendFlags, BackendHost, BackendTlsMode, ListenAddress, PoolMode, ResetQueryList,
 };
@@ -56,6 +63,10 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub streaming_replication: StreamingReplicationConfig,
+    #[serde(default)]
+    pub load_balance: LoadBalanceConfig,
     /// pgpool's backend_*N parameters, one `[[backend]]` per node; a node's
     /// N (its identity in pgpool's tools) is its position in this list.
     #[serde(default, rename = "backend")]
@@ -235,6 +246,148 @@ pub struct DaemonConfig {
         serialize_with = "serialize_optional_path"
     )]
     pub pid_file_name: Option<PathBuf>,
+}
+
+/// pgpool's streaming replication check: how pghalo watches every node's
+/// role, timeline and replication lag (the `health` module's replication
+/// monitor), and how much lag a standby may have and still get reads.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingReplicationConfig {
+    /// pgpool sr_check_period: how often each node is asked. 0 = each node
+    /// is asked until it answers once, at start, and then only when the
+    /// configuration changes (pgpool still finds the primary at start with
+    /// 0; it then measures no lag, and neither does pghalo).
+    pub sr_check_period: ConfigDuration,
+    /// Connecting to a node and getting the answer must take no longer;
+    /// a node that takes longer is down. Must be more than 0. No pgpool
+    /// equivalent (pgpool has none for this check).
+    pub sr_check_timeout: ConfigDuration,
+    /// pgpool sr_check_user: a role with LOGIN on every node, member of
+    /// pg_monitor (or a superuser). `""` = the check does not run, and
+    /// pghalo knows no node's role except an ALWAYS_PRIMARY one.
+    pub sr_check_user: String,
+    /// pgpool sr_check_password: `""` = sr_check_user's pool_passwd entry,
+    /// if it holds a password (TEXT or AES), else none; `AES...` =
+    /// encrypted with auth.pool_key_file; `TEXT...` or anything else = the
+    /// password in clear. An md5 hash is refused: the check needs the
+    /// password itself.
+    pub sr_check_password: ConfigPassword,
+    /// pgpool sr_check_database.
+    pub sr_check_database: String,
+    /// pgpool delay_threshold: a standby more than this many bytes of WAL
+    /// behind the primary gets no reads. 0 = no limit.
+    pub delay_threshold: ByteSize,
+    /// pgpool delay_threshold_by_time: a standby whose replay is this far
+    /// behind gets no reads; when more than 0, delay_threshold is ignored,
+    /// as in pgpool. A bare number is milliseconds, as in pgpool. 0 = no
+    /// limit.
+    #[serde(deserialize_with = "units::duration_millis")]
+    pub delay_threshold_by_time: ConfigDuration,
+    /// pgpool prefer_lower_delay_standby: when the chosen standby is over
+    /// the threshold, read from the least delayed standby under it rather
+    /// than from the primary.
+    pub prefer_lower_delay_standby: bool,
+}
+
+impl Default for StreamingReplicationConfig {
+    fn default() -> Self {
+        StreamingReplicationConfig {
+            sr_check_period: ConfigDuration::from_secs(10),
+            sr_check_timeout: ConfigDuration::from_secs(10),
+            sr_check_user: String::new(),
+            sr_check_password: ConfigPassword::FromPoolPasswd,
+            sr_check_database: "postgres".to_owned(),
+            delay_threshold: ByteSize(0),
+            delay_threshold_by_time: ConfigDuration::ZERO,
+            prefer_lower_delay_standby: false,
+        }
+    }
+}
+
+/// pgpool's load balancing: which statements may read from a standby and
+/// how a standby is chosen. The router applies these; the values are read
+/// per session and per statement, so every one of them applies live.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadBalanceConfig {
+    /// pgpool load_balance_mode: spread reads over the nodes by weight.
+    /// Off = everything goes to the primary.
+    pub load_balance_mode: bool,
+    /// pgpool statement_level_load_balance: choose the node for each read
+    /// rather than once per session.
+    pub statement_level_load_balance: bool,
+    /// pgpool disable_load_balance_on_write: "off", "transaction",
+    /// "trans_transaction", "always" or "dml_adaptive".
+    pub disable_load_balance_on_write: DisableLoadBalanceOnWrite,
+    /// pgpool read_only_function_list: functions that do not write
+    /// (regular expressions matching the whole name). Only one of the two
+    /// lists may be set; with both empty, volatility in pg_proc decides.
+    #[serde(
+        deserialize_with = "types::comma_list",
+        serialize_with = "types::serialize_display_seq"
+    )]
+    pub read_only_function_list: Vec<Pattern>,
+    /// pgpool write_function_list: functions that write.
+    #[serde(
+        deserialize_with = "types::comma_list",
+        serialize_with = "types::serialize_display_seq"
+    )]
+    pub write_function_list: Vec<Pattern>,
+    /// pgpool primary_routing_query_pattern_list: statements matching one
+    /// of these go to the primary (whole statement, case ignored; in the
+    /// string form `;` separates patterns and `\;` is a `;`).
+    #[serde(
+        deserialize_with = "routing::query_patterns",
+        serialize_with = "routing::serialize_patterns"
+    )]
+    pub primary_routing_query_pattern_list: Vec<Pattern>,
+    /// pgpool user_redirect_preference_list: `user:target(ratio)`, ...
+    #[serde(
+        deserialize_with = "types::comma_list",
+        serialize_with = "types::serialize_display_seq"
+    )]
+    pub user_redirect_preference_list: Vec<RedirectPreference>,
+    /// pgpool database_redirect_preference_list: `database:target(ratio)`,
+    /// e.g. `"postgres:primary,mydb[01]:1(0.3),mydb2:standby"`.
+    #[serde(
+        deserialize_with = "types::comma_list",
+        serialize_with = "types::serialize_display_seq"
+    )]
+    pub database_redirect_preference_list: Vec<RedirectPreference>,
+    /// pgpool app_name_redirect_preference_list: `application_name:target(ratio)`,
+    /// matched against the application_name of the startup packet. Wins
+    /// over the database list, which wins over the user list.
+    #[serde(
+        deserialize_with = "types::comma_list",
+        serialize_with = "types::serialize_display_seq"
+    )]
+    pub app_name_redirect_preference_list: Vec<RedirectPreference>,
+    /// pgpool allow_sql_comments: ignore comments when deciding whether a
+    /// statement can be balanced.
+    pub allow_sql_comments: bool,
+    /// A session that has committed a write reads from a standby only once
+    /// that standby has replayed the commit; until then it reads from the
+    /// primary. No pgpool equivalent.
+    pub read_your_writes: bool,
+}
+
+impl Default for LoadBalanceConfig {
+    fn default() -> Self {
+        LoadBalanceConfig {
+            load_balance_mode: true,
+            statement_level_load_balance: false,
+            disable_load_balance_on_write: DisableLoadBalanceOnWrite::Transaction,
+            read_only_function_list: Vec::new(),
+            write_function_list: Vec::new(),
+            primary_routing_query_pattern_list: Vec::new(),
+            user_redirect_preference_list: Vec::new(),
+            database_redirect_preference_list: Vec::new(),
+            app_name_redirect_preference_list: Vec::new(),
+            allow_sql_comments: false,
+            read_your_writes: false,
+        }
+    }
 }
 
 /// Logging.
@@ -475,6 +628,71 @@ mod tests {
         assert_eq!(b.weight, 1.0);
         assert_eq!(b.data_directory, None);
         assert!(b.flags.allows_failover() && !b.flags.always_primary);
+        let sr = &c.streaming_replication;
+        assert_eq!(sr.sr_check_period, ConfigDuration::from_secs(10));
+        assert_eq!(sr.sr_check_timeout, ConfigDuration::from_secs(10));
+        assert_eq!(sr.sr_check_user, "");
+        assert!(sr.sr_check_password.is_empty());
+        assert_eq!(sr.sr_check_database, "postgres");
+        assert_eq!(sr.delay_threshold, ByteSize(0));
+        assert!(sr.delay_threshold_by_time.is_zero());
+        assert!(!sr.prefer_lower_delay_standby);
+        let lb = &c.load_balance;
+        assert!(lb.load_balance_mode && !lb.statement_level_load_balance);
+        assert_eq!(
+            lb.disable_load_balance_on_write,
+            DisableLoadBalanceOnWrite::Transaction
+        );
+        assert!(lb.read_only_function_list.is_empty() && lb.write_function_list.is_empty());
+        assert!(lb.primary_routing_query_pattern_list.is_empty());
+        assert!(lb.database_redirect_preference_list.is_empty());
+        assert!(!lb.allow_sql_comments && !lb.read_your_writes);
+    }
+
+    #[test]
+    fn replication_and_load_balance_in_pgpool_spellings() {
+        let c = parse(&format!(
+            "[auth]\npool_key_file = \"key\"\n\
+             [streaming_replication]\nsr_check_period = 5\nsr_check_user = \"pghalo\"\n\
+             sr_check_password = \"AESabc=\"\ndelay_threshold = 10000000\n\
+             delay_threshold_by_time = 500\n\
+             [load_balance]\nread_only_function_list = \"get_.*,select_.*\"\n\
+             primary_routing_query_pattern_list = \"SELECT \\\\* FROM t1\\\\;;.*t3.*\"\n\
+             database_redirect_preference_list = \"postgres:primary,mydb[01]:0(0.3),mydb2:standby\"\n\
+             app_name_redirect_preference_list = [\"psql:primary\", \"myapp:standby(0.5)\"]\n\
+             disable_load_balance_on_write = \"dml_adaptive\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let sr = &c.streaming_replication;
+        assert_eq!(sr.sr_check_period, ConfigDuration::from_secs(5));
+        assert_eq!(sr.delay_threshold, ByteSize(10_000_000));
+        // pgpool's unit for this one is the millisecond.
+        assert_eq!(sr.delay_threshold_by_time, ConfigDuration::from_millis(500));
+        assert!(sr.sr_check_password.is_aes());
+        let lb = &c.load_balance;
+        let names: Vec<&str> = lb
+            .read_only_function_list
+            .iter()
+            .map(Pattern::as_str)
+            .collect();
+        assert_eq!(names, ["get_.*", "select_.*"]);
+        let patterns = &lb.primary_routing_query_pattern_list;
+        assert_eq!(patterns.len(), 2);
+        assert!(patterns[0].is_match("select * from T1;"));
+        assert!(patterns[1].is_match("UPDATE t3 SET a = 1"));
+        let db = &lb.database_redirect_preference_list;
+        assert_eq!(db.len(), 3);
+        assert_eq!(db[1].target, RedirectTarget::Node(0));
+        assert_eq!(db[1].ratio, 0.3);
+        assert_eq!(db[2].target, RedirectTarget::Standby);
+        let app = &lb.app_name_redirect_preference_list;
+        assert_eq!(app[1].to_string(), "myapp:standby(0.5)");
+        assert_eq!(
+            lb.disable_load_balance_on_write,
+            DisableLoadBalanceOnWrite::DmlAdaptive
+        );
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(parse(&text).unwrap(), c);
     }
 
     #[test]
@@ -486,6 +704,8 @@ mod tests {
         assert_eq!(c.auth, d.auth);
         assert_eq!(c.tls, d.tls);
         assert_eq!(c.log, d.log);
+        assert_eq!(c.streaming_replication, d.streaming_replication);
+        assert_eq!(c.load_balance, d.load_balance);
         assert_eq!(c.backends.len(), 2);
         assert_eq!(c.backends[1].name, "node1");
         assert_eq!(c.backends[1].port, 5433);
@@ -627,7 +847,7 @@ mod tests {
         let (line, key, msg) = fail(&format!("verbose = true\n{MINIMAL}"));
         assert_eq!((line, key.as_str()), (1, "verbose"));
         assert!(
-            msg.contains("unknown key 'verbose' at the top level (expected one of: listen, pool, auth, tls, log, daemon, backend)"),
+            msg.contains("unknown key 'verbose' at the top level (expected one of: listen, pool, auth, tls, log, daemon, streaming_replication, load_balance, backend)"),
             "{msg}"
         );
         let (line, key, _) = fail(&format!("[pool]\n\n[tls]\nssl = true\n{MINIMAL}"));

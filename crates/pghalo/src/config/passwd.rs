@@ -188,6 +188,15 @@ pub enum PasswdError {
         /// What is wrong with it.
         kind: EntryError,
     },
+    /// A password parameter of the configuration (`sr_check_password`)
+    /// cannot be used.
+    #[error("{parameter}: {kind}")]
+    Parameter {
+        /// The parameter's key.
+        parameter: String,
+        /// What is wrong with its value.
+        kind: EntryError,
+    },
     /// The pool key file cannot be used.
     #[error("pool key file {path}: {reason}")]
     KeyFile {
@@ -379,6 +388,21 @@ impl PoolKey {
         let cipher = cbc::Encryptor::<Aes256>::new(&key.into(), &iv.into())
             .encrypt_padded_vec::<Pkcs7>(password.as_bytes());
         B64.encode(cipher)
+    }
+
+    /// Decrypts pgpool's `AES` form of `user`'s password (the base64 text
+    /// after the prefix), wherever it is written: a `pool_passwd` entry or
+    /// a password parameter such as `sr_check_password`. Errors name the
+    /// user, never the text.
+    pub fn decrypt_password(&self, user: &str, base64: &str) -> Result<Secret, EntryError> {
+        let plain = self.decrypt(base64).map_err(|fault| match fault {
+            AesFault::NotBase64 => EntryError::AesNotBase64(user.to_owned()),
+            AesFault::Decrypt => EntryError::AesDecrypt(user.to_owned()),
+        })?;
+        match String::from_utf8(plain) {
+            Ok(plain) if !plain.is_empty() => Ok(Secret(plain)),
+            _ => Err(EntryError::AesBadPlaintext(user.to_owned())),
+        }
     }
 
     /// Decrypts the base64 text of an `AES` entry (without the prefix). Like
@@ -677,14 +701,7 @@ fn parse_line(
         PasswordEntry::Md5(secret)
     } else if let Some(base64) = secret.strip_prefix("AES") {
         let key = key.ok_or_else(|| EntryError::AesWithoutKey(user.clone()))?;
-        let plain = key.decrypt(base64).map_err(|fault| match fault {
-            AesFault::NotBase64 => EntryError::AesNotBase64(user.clone()),
-            AesFault::Decrypt => EntryError::AesDecrypt(user.clone()),
-        })?;
-        match String::from_utf8(plain) {
-            Ok(plain) if !plain.is_empty() => PasswordEntry::Plain(Secret(plain)),
-            _ => return Err(EntryError::AesBadPlaintext(user)),
-        }
+        PasswordEntry::Plain(key.decrypt_password(&user, base64)?)
     } else {
         let plain = secret.strip_prefix("TEXT").unwrap_or(&secret);
         if plain.is_empty() {

@@ -62,6 +62,13 @@ impl Diff {
         }
     }
 
+    /// A secret changed: said, never shown (invariant 7).
+    fn secret<T: PartialEq>(&mut self, applies: Applies, key: &str, old: &T, new: &T) {
+        if old != new {
+            self.note(applies, format!("{key}: changed"));
+        }
+    }
+
     fn path(&mut self, applies: Applies, key: &str, old: &Option<PathBuf>, new: &Option<PathBuf>) {
         if old != new {
             self.note(applies, format!("{key}: {} -> {}", path(old), path(new)));
@@ -233,8 +240,146 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         &new.daemon.pid_file_name,
     );
 
+    diff_streaming_replication(&mut d, old, new);
+    diff_load_balance(&mut d, old, new);
     diff_backends(&mut d, &old.backends, &new.backends);
     d.plan
+}
+
+/// All live, as in pgpool: the replication monitor is handed its new
+/// settings on reload and uses them from its next check (new credentials
+/// mean new connections); the thresholds are read by the router at each
+/// choice of a node.
+fn diff_streaming_replication(d: &mut Diff, old: &Config, new: &Config) {
+    use Applies::Live;
+    let (o, n) = (&old.streaming_replication, &new.streaming_replication);
+    let key = |name: &str| format!("streaming_replication.{name}");
+    d.field(
+        Live,
+        &key("sr_check_period"),
+        &o.sr_check_period,
+        &n.sr_check_period,
+    );
+    d.field(
+        Live,
+        &key("sr_check_timeout"),
+        &o.sr_check_timeout,
+        &n.sr_check_timeout,
+    );
+    d.field(
+        Live,
+        &key("sr_check_user"),
+        &quoted(&o.sr_check_user),
+        &quoted(&n.sr_check_user),
+    );
+    d.secret(
+        Live,
+        &key("sr_check_password"),
+        &o.sr_check_password,
+        &n.sr_check_password,
+    );
+    d.field(
+        Live,
+        &key("sr_check_database"),
+        &quoted(&o.sr_check_database),
+        &quoted(&n.sr_check_database),
+    );
+    d.field(
+        Live,
+        &key("delay_threshold"),
+        &o.delay_threshold,
+        &n.delay_threshold,
+    );
+    d.field(
+        Live,
+        &key("delay_threshold_by_time"),
+        &o.delay_threshold_by_time,
+        &n.delay_threshold_by_time,
+    );
+    d.field(
+        Live,
+        &key("prefer_lower_delay_standby"),
+        &o.prefer_lower_delay_standby,
+        &n.prefer_lower_delay_standby,
+    );
+}
+
+/// All live. pgpool needs a restart for load_balance_mode because each of
+/// its child processes fixes its load-balancing node at start; pghalo's
+/// router reads the configuration when it chooses a node (per session or
+/// per statement), so a change reaches new sessions at once. A session
+/// already reading from a standby keeps it until it ends, which is never
+/// unsafe: a standby only ever gets reads.
+fn diff_load_balance(d: &mut Diff, old: &Config, new: &Config) {
+    use Applies::Live;
+    let (o, n) = (&old.load_balance, &new.load_balance);
+    let key = |name: &str| format!("load_balance.{name}");
+    d.field(
+        Live,
+        &key("load_balance_mode"),
+        &o.load_balance_mode,
+        &n.load_balance_mode,
+    );
+    d.field(
+        Live,
+        &key("statement_level_load_balance"),
+        &o.statement_level_load_balance,
+        &n.statement_level_load_balance,
+    );
+    d.field(
+        Live,
+        &key("disable_load_balance_on_write"),
+        &o.disable_load_balance_on_write,
+        &n.disable_load_balance_on_write,
+    );
+    d.list(
+        Live,
+        &key("read_only_function_list"),
+        &o.read_only_function_list,
+        &n.read_only_function_list,
+    );
+    d.list(
+        Live,
+        &key("write_function_list"),
+        &o.write_function_list,
+        &n.write_function_list,
+    );
+    d.list(
+        Live,
+        &key("primary_routing_query_pattern_list"),
+        &o.primary_routing_query_pattern_list,
+        &n.primary_routing_query_pattern_list,
+    );
+    d.list(
+        Live,
+        &key("user_redirect_preference_list"),
+        &o.user_redirect_preference_list,
+        &n.user_redirect_preference_list,
+    );
+    d.list(
+        Live,
+        &key("database_redirect_preference_list"),
+        &o.database_redirect_preference_list,
+        &n.database_redirect_preference_list,
+    );
+    d.list(
+        Live,
+        &key("app_name_redirect_preference_list"),
+        &o.app_name_redirect_preference_list,
+        &n.app_name_redirect_preference_list,
+    );
+    d.field(
+        Live,
+        &key("allow_sql_comments"),
+        &o.allow_sql_comments,
+        &n.allow_sql_comments,
+    );
+    d.field(
+        Live,
+        &key("read_your_writes"),
+        &o.read_your_writes,
+        &n.read_your_writes,
+    );
 }
 
 /// Backends are matched by position, which is their identity (pgpool's N):
@@ -395,6 +540,53 @@ port = 5432
                 "log.level: \"info\" -> \"debug\"",
             ]
         );
+        assert_eq!(apply_live(&old, &new), new);
+    }
+
+    #[test]
+    fn streaming_replication_and_load_balance_apply_live() {
+        let old = config("");
+        let new = config(
+            "[auth]\npool_key_file = \"key\"\n\
+             [streaming_replication]\nsr_check_period = \"1s\"\nsr_check_timeout = \"3s\"\n\
+             sr_check_user = \"monitor\"\nsr_check_password = \"TEXTtopsecret\"\n\
+             sr_check_database = \"pghalo\"\ndelay_threshold = \"16MB\"\n\
+             delay_threshold_by_time = 1500\nprefer_lower_delay_standby = true\n\
+             [load_balance]\nload_balance_mode = false\nstatement_level_load_balance = true\n\
+             disable_load_balance_on_write = \"always\"\nwrite_function_list = \"nextval,setval\"\n\
+             primary_routing_query_pattern_list = \"SELECT 1\"\n\
+             user_redirect_preference_list = \"postgres:primary\"\n\
+             database_redirect_preference_list = \"db:standby(0.5)\"\n\
+             app_name_redirect_preference_list = \"psql:1\"\n\
+             allow_sql_comments = true\nread_your_writes = true\n",
+        );
+        let plan = reload_plan(&old, &new);
+        assert_eq!(plan.restart_required, Vec::<String>::new());
+        assert_eq!(
+            plan.live,
+            [
+                "auth.pool_key_file: (none) -> /etc/pghalo/key",
+                "streaming_replication.sr_check_period: 10s -> 1s",
+                "streaming_replication.sr_check_timeout: 10s -> 3s",
+                "streaming_replication.sr_check_user: \"\" -> \"monitor\"",
+                "streaming_replication.sr_check_password: changed",
+                "streaming_replication.sr_check_database: \"postgres\" -> \"pghalo\"",
+                "streaming_replication.delay_threshold: 0B -> 16MB",
+                "streaming_replication.delay_threshold_by_time: 0s -> 1500ms",
+                "streaming_replication.prefer_lower_delay_standby: false -> true",
+                "load_balance.load_balance_mode: true -> false",
+                "load_balance.statement_level_load_balance: false -> true",
+                "load_balance.disable_load_balance_on_write: transaction -> always",
+                "load_balance.write_function_list: [] -> [\"nextval\", \"setval\"]",
+                "load_balance.primary_routing_query_pattern_list: [] -> [\"SELECT 1\"]",
+                "load_balance.user_redirect_preference_list: [] -> [\"postgres:primary\"]",
+                "load_balance.database_redirect_preference_list: [] -> [\"db:standby(0.5)\"]",
+                "load_balance.app_name_redirect_preference_list: [] -> [\"psql:1\"]",
+                "load_balance.allow_sql_comments: false -> true",
+                "load_balance.read_your_writes: false -> true",
+            ]
+        );
+        assert!(!format!("{plan:?}").contains("topsecret"));
         assert_eq!(apply_live(&old, &new), new);
     }
 

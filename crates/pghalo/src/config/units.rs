@@ -334,9 +334,76 @@ impl<T: FromStr<Err = UnitError>> Visitor<'_> for UnitVisitor<T> {
     }
 }
 
+/// A duration whose bare numbers are milliseconds rather than seconds, for
+/// the parameters pgpool defines in milliseconds (delay_threshold_by_time):
+/// `500`, `"500"` and `"500ms"` are the same; `"2s"` still means 2 s.
+pub(super) fn duration_millis<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<ConfigDuration, D::Error> {
+    struct Millis;
+
+    impl Visitor<'_> for Millis {
+        type Value = ConfigDuration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"500ms\" or a number of milliseconds")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<ConfigDuration, E> {
+            let text = v.trim();
+            if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                return text
+                    .parse::<u64>()
+                    .map(ConfigDuration::from_millis)
+                    .map_err(|_| E::custom(format!("duration {v:?} is too large")));
+            }
+            v.parse().map_err(E::custom)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<ConfigDuration, E> {
+            u64::try_from(v)
+                .map(ConfigDuration::from_millis)
+                .map_err(|_| E::custom(format!("invalid duration {v} (must not be negative)")))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<ConfigDuration, E> {
+            Ok(ConfigDuration::from_millis(v))
+        }
+    }
+
+    deserializer.deserialize_any(Millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Deserialize)]
+    struct Ms {
+        #[serde(deserialize_with = "duration_millis")]
+        d: ConfigDuration,
+    }
+
+    #[test]
+    fn bare_numbers_in_milliseconds() {
+        let ms = |text: &str| toml::from_str::<Ms>(text).map(|m| m.d);
+        assert_eq!(ms("d = 500").unwrap(), ConfigDuration::from_millis(500));
+        assert_eq!(ms("d = \"500\"").unwrap(), ConfigDuration::from_millis(500));
+        assert_eq!(ms("d = \"2s\"").unwrap(), ConfigDuration::from_secs(2));
+        assert_eq!(ms("d = 0").unwrap(), ConfigDuration::ZERO);
+        assert!(
+            ms("d = -1")
+                .unwrap_err()
+                .to_string()
+                .contains("must not be negative")
+        );
+        assert!(
+            ms("d = \"2 parsecs\"")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid duration")
+        );
+    }
 
     fn dur(s: &str) -> Duration {
         s.parse::<ConfigDuration>().unwrap().0

@@ -39,7 +39,9 @@ pub(super) fn check(config: &Config) -> Result<(), Problem> {
     check_auth(config)?;
     check_tls(config)?;
     check_log(config)?;
-    check_backends(config)
+    check_backends(config)?;
+    check_streaming_replication(config)?;
+    check_load_balance(config)
 }
 
 fn check_listen(config: &Config) -> Result<(), Problem> {
@@ -177,6 +179,82 @@ fn check_backends(config: &Config) -> Result<(), Problem> {
                     "ALWAYS_PRIMARY is already set on backend[{first}]; only one node can always be the primary"
                 ),
             );
+        }
+    }
+    Ok(())
+}
+
+fn check_streaming_replication(config: &Config) -> Result<(), Problem> {
+    let sr = &config.streaming_replication;
+    let at_sr = |name| key("streaming_replication", name);
+    if sr.sr_check_timeout.is_zero() {
+        return at(
+            at_sr("sr_check_timeout"),
+            "must be more than 0: a node that never answers must not hold its check forever",
+        );
+    }
+    if sr.sr_check_user.trim().is_empty() {
+        if !sr.sr_check_password.is_empty() {
+            return at(
+                at_sr("sr_check_password"),
+                "is set but streaming_replication.sr_check_user is empty",
+            );
+        }
+        return Ok(());
+    }
+    if sr.sr_check_database.trim().is_empty() {
+        return at(
+            at_sr("sr_check_database"),
+            "must name a database when sr_check_user is set",
+        );
+    }
+    if sr.sr_check_password.is_aes() && config.auth.pool_key_file.is_none() {
+        return at(
+            at_sr("sr_check_password"),
+            "is AES-encrypted but auth.pool_key_file is not set, so it cannot be decrypted",
+        );
+    }
+    Ok(())
+}
+
+fn check_load_balance(config: &Config) -> Result<(), Problem> {
+    let lb = &config.load_balance;
+    if !lb.read_only_function_list.is_empty() && !lb.write_function_list.is_empty() {
+        // pgpool's rule: one list says which functions are special, the
+        // others follow the opposite default; with both, a function in
+        // neither has no meaning.
+        return at(
+            key("load_balance", "write_function_list"),
+            "read_only_function_list and write_function_list cannot both be set",
+        );
+    }
+    for (name, list) in [
+        (
+            "user_redirect_preference_list",
+            &lb.user_redirect_preference_list,
+        ),
+        (
+            "database_redirect_preference_list",
+            &lb.database_redirect_preference_list,
+        ),
+        (
+            "app_name_redirect_preference_list",
+            &lb.app_name_redirect_preference_list,
+        ),
+    ] {
+        for preference in list {
+            if let crate::config::RedirectTarget::Node(id) = preference.target
+                && id >= config.backends.len()
+            {
+                return at(
+                    key("load_balance", name),
+                    format!(
+                        "{preference} names node {id}, but only {} backends are configured (ids 0 to {})",
+                        config.backends.len(),
+                        config.backends.len().saturating_sub(1)
+                    ),
+                );
+            }
         }
     }
     Ok(())
@@ -437,6 +515,114 @@ mod tests {
             Config::from_str_with_name(&format!("[auth]\npool_passwd = \"\"\n{BACKEND}"), FILE)
                 .unwrap();
         assert_eq!(ok.auth.pool_passwd, None);
+    }
+
+    #[test]
+    fn streaming_replication() {
+        rejects(
+            &format!("[streaming_replication]\nsr_check_timeout = 0\n{BACKEND}"),
+            2,
+            "streaming_replication.sr_check_timeout",
+            "more than 0",
+        );
+        rejects(
+            &format!("[streaming_replication]\nsr_check_password = \"TEXTx\"\n{BACKEND}"),
+            2,
+            "streaming_replication.sr_check_password",
+            "sr_check_user is empty",
+        );
+        rejects(
+            &format!(
+                "[streaming_replication]\nsr_check_user = \"pghalo\"\nsr_check_database = \"\"\n{BACKEND}"
+            ),
+            3,
+            "streaming_replication.sr_check_database",
+            "must name a database",
+        );
+        rejects(
+            &format!(
+                "[streaming_replication]\nsr_check_user = \"pghalo\"\n\nsr_check_password = \"AESc2VjcmV0\"\n{BACKEND}"
+            ),
+            4,
+            "streaming_replication.sr_check_password",
+            "auth.pool_key_file is not set",
+        );
+        rejects(
+            &format!(
+                "[streaming_replication]\nsr_check_user = \"pghalo\"\nsr_check_password = \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n{BACKEND}"
+            ),
+            3,
+            "streaming_replication.sr_check_password",
+            "md5 hash cannot be used",
+        );
+        rejects(
+            &format!("[streaming_replication]\ndelay_threshold = \"10 mb\"\n{BACKEND}"),
+            2,
+            "streaming_replication.delay_threshold",
+            "invalid size",
+        );
+        rejects(
+            &format!("[streaming_replication]\ndelay_threshold_by_time = -5\n{BACKEND}"),
+            2,
+            "streaming_replication.delay_threshold_by_time",
+            "must not be negative",
+        );
+        let ok = Config::from_str_with_name(
+            &format!(
+                "[auth]\npool_key_file = \"key\"\n[streaming_replication]\nsr_check_user = \"pghalo\"\nsr_check_password = \"AESc2VjcmV0\"\n{BACKEND}"
+            ),
+            FILE,
+        )
+        .unwrap();
+        assert!(ok.streaming_replication.sr_check_password.is_aes());
+    }
+
+    #[test]
+    fn load_balance() {
+        rejects(
+            &format!(
+                "[load_balance]\nread_only_function_list = \"get_.*\"\nwrite_function_list = \"nextval\"\n{BACKEND}"
+            ),
+            3,
+            "load_balance.write_function_list",
+            "cannot both be set",
+        );
+        rejects(
+            &format!("[load_balance]\nwrite_function_list = \"nextval,set(val\"\n{BACKEND}"),
+            2,
+            "load_balance.write_function_list",
+            "invalid regular expression \"set(val\"",
+        );
+        rejects(
+            &format!(
+                "[load_balance]\ndatabase_redirect_preference_list = \"postgres:primary,mydb:1(0.3)\"\n{BACKEND}"
+            ),
+            2,
+            "load_balance.database_redirect_preference_list",
+            "mydb:1(0.3) names node 1, but only 1 backends are configured (ids 0 to 0)",
+        );
+        rejects(
+            &format!(
+                "[load_balance]\napp_name_redirect_preference_list = [\"psql:replica\"]\n{BACKEND}"
+            ),
+            2,
+            "load_balance.app_name_redirect_preference_list",
+            "unknown target \"replica\"",
+        );
+        rejects(
+            &format!("[load_balance]\ndisable_load_balance_on_write = \"sometimes\"\n{BACKEND}"),
+            2,
+            "load_balance.disable_load_balance_on_write",
+            "expected one of: off, transaction, trans_transaction, always, dml_adaptive",
+        );
+        rejects(
+            &format!(
+                "[load_balance]\nprimary_routing_query_pattern_list = \"SELECT (;x\"\n{BACKEND}"
+            ),
+            2,
+            "load_balance.primary_routing_query_pattern_list",
+            "invalid regular expression",
+        );
     }
 
     #[test]

@@ -1,7 +1,13 @@
 //! The pghalo instances a lab runs in front of its nodes, as pgpool_setup
 //! sets up pgpool: a ready configuration per proxy (every node, an hba that
-//! requires SCRAM over TCP, the lab's users in pool_passwd), started and
-//! stopped with the lab.
+//! requires SCRAM over TCP, the lab's users in pool_passwd, the replication
+//! check as the `pghalo` user), started and stopped with the lab.
+//!
+//! The replication check needs `pghalo`'s password itself: a SCRAM
+//! verifier cannot log in. It is written the way pgpool recommends, as
+//! `sr_check_password = "AES..."` encrypted with a pool key that only the
+//! proxy's own key file (`pool_key`, mode 0600) holds. So pghalo.toml can
+//! stay readable (0644) and pool_passwd keeps only the servers' verifiers.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,6 +21,7 @@ use super::error::LabError;
 use super::layout::{HOST, ProxySpec, write_atomically};
 use super::process::is_alive;
 use super::secrets::{HEALTH_USER, REPLICATION_USER, SUPERUSER};
+use crate::config::passwd::PoolKey;
 
 const START_WAIT: Duration = Duration::from_secs(30);
 
@@ -31,6 +38,13 @@ impl Lab {
         for proxy in &self.manifest.proxies {
             let dir = self.layout.proxy_dir(&proxy.name);
             std::fs::create_dir(&dir).map_err(|e| LabError::io("cannot create", &dir, e))?;
+            let key = pool_key();
+            let sr_check_password = PoolKey::new(key.as_bytes())
+                .map(|k| format!("AES{}", k.encrypt(&self.secrets.pghalo)))
+                .ok_or_else(|| LabError::Command {
+                    what: "writing the proxy configuration".into(),
+                    detail: "the generated pool key is empty".into(),
+                })?;
             let mut config = format!(
                 "# pghalo configuration written by `pghalo lab init` for {name}.\n\
                  [listen]\n\
@@ -40,9 +54,14 @@ impl Lab {
                  mode = \"session\"\n\n\
                  [auth]\n\
                  pool_hba = \"pool_hba.conf\"\n\
-                 pool_passwd = \"pool_passwd\"\n\n\
+                 pool_passwd = \"pool_passwd\"\n\
+                 pool_key_file = \"pool_key\"\n\n\
                  [daemon]\n\
-                 pid_file_name = \"pghalo.pid\"\n",
+                 pid_file_name = \"pghalo.pid\"\n\n\
+                 [streaming_replication]\n\
+                 sr_check_user = \"{HEALTH_USER}\"\n\
+                 # The password, AES-encrypted with the key in pool_key (0600).\n\
+                 sr_check_password = \"{sr_check_password}\"\n",
                 name = proxy.name,
                 port = proxy.port,
             );
@@ -54,6 +73,7 @@ impl Lab {
                     self.layout.data_dir(&node.name).display()
                 ));
             }
+            write_atomically(&dir.join("pool_key"), format!("{key}\n").as_bytes(), 0o600)?;
             write_atomically(&dir.join("pghalo.toml"), config.as_bytes(), 0o644)?;
             write_atomically(&dir.join("pool_hba.conf"), PROXY_HBA.as_bytes(), 0o644)?;
             let passwd: String = verifiers
@@ -190,6 +210,17 @@ async fn wait_listening(proxy: &ProxySpec, pid: i32, log: &Path) -> Result<(), L
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A new pool key: 32 random alphanumerics (190 bits), nothing that a key
+/// file's first line could cut short (a newline or a NUL).
+fn pool_key() -> String {
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
 }
 
 /// SCRAM over TCP for everyone, as the lab's servers require.

@@ -52,6 +52,20 @@ pub struct ProxySettings {
     pub client_idle_limit: Option<Duration>,
 }
 
+/// Where the topology comes from, set once by the daemon.
+#[derive(Default)]
+struct TopologySource(std::sync::OnceLock<crate::cluster::ClusterView>);
+
+impl std::fmt::Debug for TopologySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "TopologySource(cluster)"
+        } else {
+            "TopologySource(config)"
+        })
+    }
+}
+
 /// One pghalo instance's client side, shared by every client task.
 #[derive(Debug)]
 pub struct Proxy {
@@ -61,6 +75,9 @@ pub struct Proxy {
     cancels: Arc<CancelMap>,
     /// One permit per client connection allowed in.
     clients: Arc<Semaphore>,
+    /// The published topology, once the daemon has one: sessions go to the
+    /// node it names primary.
+    cluster: TopologySource,
     /// Answers SSLRequests when set; the daemon swaps it on reload, and a
     /// handshake uses the one it loaded when it began.
     tls: arc_swap::ArcSwapOption<ServerTls>,
@@ -74,6 +91,7 @@ impl Proxy {
             auth: ArcSwap::from_pointee(auth),
             pools: Pools::new(pool),
             cancels: Arc::new(CancelMap::default()),
+            cluster: TopologySource::default(),
             tls: arc_swap::ArcSwapOption::empty(),
         })
     }
@@ -86,6 +104,22 @@ impl Proxy {
 
     pub fn settings(&self) -> Arc<ProxySettings> {
         self.settings.load_full()
+    }
+
+    /// Lets sessions follow the node table the replication monitor keeps.
+    pub fn set_cluster(&self, view: crate::cluster::ClusterView) {
+        let _ = self.cluster.0.set(view);
+    }
+
+    /// The node a new session's writes go to: the primary the latest
+    /// snapshot names, else (no monitor, or no answer yet) the configured
+    /// one.
+    pub fn primary_node(&self) -> usize {
+        self.cluster
+            .0
+            .get()
+            .and_then(|view| view.snapshot().primary)
+            .map_or_else(|| self.settings.load().primary, |id| id.index())
     }
 
     /// Applies a reload: new clients see the new files and settings at once;

@@ -25,7 +25,7 @@ pub(super) async fn run(
     cancel: CancelHandle,
 ) -> Result<(), ClientError> {
     let settings = proxy.settings();
-    let node = settings.primary;
+    let node = proxy.primary_node();
     let addr = settings.backends.get(node).cloned().ok_or_else(|| {
         ClientError::fatal(SqlState::CONNECTION_FAILURE, "no backend is configured")
     })?;

@@ -56,50 +56,90 @@ pub enum LexError {
     Unterminated,
 }
 
-/// Splits `sql` into statements. Empty statements (`;;`) are dropped.
-pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, LexError> {
-    let bytes = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut tokens = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        match c {
-            b';' => {
-                if !tokens.is_empty() {
-                    out.push(Statement {
-                        text: sql[start..i].trim(),
-                        tokens: std::mem::take(&mut tokens),
-                    });
-                }
-                i += 1;
-                start = i;
-            }
-            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => i += 1,
+/// What a [`Lexeme`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An unquoted identifier or keyword, as written (not lowercased).
+    Word,
+    /// A double-quoted identifier, quotes included.
+    Quoted,
+    /// A string literal: `'...'`, `E'...'` (prefix included) or a
+    /// dollar-quoted string.
+    String,
+    /// A number: a digit followed by letters, digits, `.` and `_`.
+    Number,
+    /// `$` followed by digits (a positional parameter), or a lone `$`.
+    Param,
+    /// A block or line comment, delimiters included.
+    Comment,
+    /// The `;` that ends a statement.
+    Semicolon,
+    /// Any other single character outside whitespace.
+    Punct(u8),
+}
+
+/// One lexeme: its kind and its byte range in the text. Whitespace
+/// between lexemes is not reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lexeme {
+    pub kind: Kind,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The lexemes of `sql`, in order, without allocating. After an error the
+/// iterator ends.
+pub fn lexemes(sql: &str) -> Lexemes<'_> {
+    Lexemes {
+        bytes: sql.as_bytes(),
+        i: 0,
+        done: false,
+    }
+}
+
+/// Iterator returned by [`lexemes`].
+pub struct Lexemes<'a> {
+    bytes: &'a [u8],
+    i: usize,
+    done: bool,
+}
+
+impl Iterator for Lexemes<'_> {
+    type Item = Result<Lexeme, LexError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let bytes = self.bytes;
+        let mut i = self.i;
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            self.done = true;
+            return None;
+        }
+        let start = i;
+        let scanned = match bytes[i] {
+            b';' => Ok((Kind::Semicolon, i + 1)),
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
                 }
+                Ok((Kind::Comment, i))
             }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_block_comment(bytes, i)?,
-            b'\'' => {
-                i = skip_quoted(bytes, i, b'\'', false)?;
-                tokens.push(Token::Literal);
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                skip_block_comment(bytes, i).map(|end| (Kind::Comment, end))
             }
+            b'\'' => skip_quoted(bytes, i, b'\'', false).map(|end| (Kind::String, end)),
             b'e' | b'E' if bytes.get(i + 1) == Some(&b'\'') => {
-                i = skip_quoted(bytes, i + 1, b'\'', true)?;
-                tokens.push(Token::Literal);
+                skip_quoted(bytes, i + 1, b'\'', true).map(|end| (Kind::String, end))
             }
-            b'"' => {
-                let end = skip_quoted(bytes, i, b'"', false)?;
-                tokens.push(Token::Quoted(sql[i + 1..end - 1].replace("\"\"", "\"")));
-                i = end;
-            }
+            b'"' => skip_quoted(bytes, i, b'"', false).map(|end| (Kind::Quoted, end)),
             b'$' => match dollar_tag(bytes, i) {
                 Some(tag_len) => {
-                    i = skip_dollar_quoted(bytes, i, tag_len)?;
-                    tokens.push(Token::Literal);
+                    skip_dollar_quoted(bytes, i, tag_len).map(|end| (Kind::String, end))
                 }
                 None => {
                     // A positional parameter ($1) or an operator.
@@ -107,7 +147,7 @@ pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, LexError> {
                     while i < bytes.len() && bytes[i].is_ascii_digit() {
                         i += 1;
                     }
-                    tokens.push(Token::Literal);
+                    Ok((Kind::Param, i))
                 }
             },
             c if c.is_ascii_digit() => {
@@ -116,10 +156,9 @@ pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, LexError> {
                 {
                     i += 1;
                 }
-                tokens.push(Token::Literal);
+                Ok((Kind::Number, i))
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                let begin = i;
                 while i < bytes.len()
                     && (bytes[i].is_ascii_alphanumeric()
                         || bytes[i] == b'_'
@@ -128,12 +167,51 @@ pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, LexError> {
                 {
                     i += 1;
                 }
-                tokens.push(Token::Word(sql[begin..i].to_ascii_lowercase()));
+                Ok((Kind::Word, i))
             }
-            c => {
-                tokens.push(Token::Punct(char::from(c)));
-                i += 1;
+            c => Ok((Kind::Punct(c), i + 1)),
+        };
+        match scanned {
+            Ok((kind, end)) => {
+                self.i = end;
+                Some(Ok(Lexeme { kind, start, end }))
             }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Splits `sql` into statements. Empty statements (`;;`) are dropped.
+pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, LexError> {
+    let mut out = Vec::new();
+    let mut tokens = Vec::new();
+    let mut start = 0;
+    for lexeme in lexemes(sql) {
+        let Lexeme {
+            kind,
+            start: from,
+            end,
+        } = lexeme?;
+        match kind {
+            Kind::Semicolon => {
+                if !tokens.is_empty() {
+                    out.push(Statement {
+                        text: sql[start..from].trim(),
+                        tokens: std::mem::take(&mut tokens),
+                    });
+                }
+                start = end;
+            }
+            Kind::Comment => {}
+            Kind::String | Kind::Number | Kind::Param => tokens.push(Token::Literal),
+            Kind::Quoted => {
+                tokens.push(Token::Quoted(sql[from + 1..end - 1].replace("\"\"", "\"")))
+            }
+            Kind::Word => tokens.push(Token::Word(sql[from..end].to_ascii_lowercase())),
+            Kind::Punct(c) => tokens.push(Token::Punct(char::from(c))),
         }
     }
     if !tokens.is_empty() {
@@ -257,6 +335,34 @@ mod tests {
         ] {
             assert_eq!(statements(sql), Err(LexError::Unterminated), "{sql}");
         }
+    }
+
+    #[test]
+    fn lexemes_carry_kinds_and_spans() {
+        let sql = "SELECT/*c*/e'x', $1, \"Q\" ;-- d\n1.5";
+        let got: Vec<(Kind, &str)> = lexemes(sql)
+            .map(|l| l.unwrap())
+            .map(|l| (l.kind, &sql[l.start..l.end]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Kind::Word, "SELECT"),
+                (Kind::Comment, "/*c*/"),
+                (Kind::String, "e'x'"),
+                (Kind::Punct(b','), ","),
+                (Kind::Param, "$1"),
+                (Kind::Punct(b','), ","),
+                (Kind::Quoted, "\"Q\""),
+                (Kind::Semicolon, ";"),
+                (Kind::Comment, "-- d"),
+                (Kind::Number, "1.5"),
+            ]
+        );
+        let mut it = lexemes("SELECT 'x");
+        assert!(matches!(it.next(), Some(Ok(_))));
+        assert_eq!(it.next(), Some(Err(LexError::Unterminated)));
+        assert_eq!(it.next(), None);
     }
 
     #[test]

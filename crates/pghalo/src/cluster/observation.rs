@@ -1,0 +1,106 @@
+//! What the control path tells the cluster: one node checked once, with
+//! what it answered or why it did not. Observations are facts, not
+//! decisions; the table turns them into roles (see `table.rs`).
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use super::types::{Lsn, NodeId};
+
+/// One check of one node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub node: NodeId,
+    /// When the check started (wall clock, for display).
+    pub at: SystemTime,
+    /// How long it took, answer or not.
+    pub elapsed: Duration,
+    pub outcome: Result<Probe, CheckError>,
+}
+
+/// What a node answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// `pg_is_in_recovery()`: false means the node says it is a primary.
+    pub in_recovery: bool,
+    /// The node's timeline: on a primary the one it writes, on a standby
+    /// the one it receives (or its last restartpoint's when not streaming).
+    pub timeline: Option<u32>,
+    /// `pg_current_wal_lsn()`, on a node not in recovery.
+    pub current_lsn: Option<Lsn>,
+    /// `pg_last_wal_receive_lsn()`, on a standby.
+    pub receive_lsn: Option<Lsn>,
+    /// `pg_last_wal_replay_lsn()`, on a standby.
+    pub replay_lsn: Option<Lsn>,
+    /// On a standby, `now() - pg_last_xact_replay_timestamp()` when it has
+    /// received WAL it has not replayed, else zero (pgpool's convention);
+    /// None when no transaction was replayed since the standby started.
+    pub replay_delay: Option<Duration>,
+    /// `server_version_num`.
+    pub server_version: Option<u32>,
+}
+
+/// Why a check got no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckError {
+    pub kind: CheckErrorKind,
+    /// One line for the operator; never holds a password.
+    pub message: String,
+}
+
+impl CheckError {
+    pub fn new(kind: CheckErrorKind, message: impl Into<String>) -> CheckError {
+        CheckError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for CheckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// The kinds of failure the cluster tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CheckErrorKind {
+    /// No answer within sr_check_timeout (a hung node, or a network that
+    /// drops packets).
+    Timeout,
+    /// The connection could not be made (refused, unreachable, DNS).
+    Connect,
+    /// The connection broke during the check.
+    Closed,
+    /// The server answered that it cannot serve now (starting up, shutting
+    /// down, too many connections).
+    Unavailable,
+    /// The server failed the check's query for another reason.
+    Query,
+    /// pghalo's settings are wrong for this node: the user, password or
+    /// database is refused, or the user lacks a privilege. Not a node
+    /// failure: the node answered (issue 5: "reported as a configuration
+    /// error, not a node failure that triggers failover").
+    Config,
+}
+
+impl CheckErrorKind {
+    /// True if this failure says the node itself is not serving.
+    pub const fn means_down(self) -> bool {
+        !matches!(self, CheckErrorKind::Config)
+    }
+}
+
+impl fmt::Display for CheckErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckErrorKind::Timeout => "timeout",
+            CheckErrorKind::Connect => "cannot connect",
+            CheckErrorKind::Closed => "connection lost",
+            CheckErrorKind::Unavailable => "unavailable",
+            CheckErrorKind::Query => "query failed",
+            CheckErrorKind::Config => "configuration error",
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! The immutable picture of the cluster that readers get: every node's
+//! identity, role, status, WAL positions and lag, and the epoch of the
+//! roles. Built by the owner task only; never changed once published.
+
+use std::time::{Duration, SystemTime};
+
+use crate::config::{BackendFlags, BackendHost, StreamingReplicationConfig};
+
+use super::observation::CheckError;
+use super::types::{Epoch, Lsn, NodeId, Role, Status};
+
+/// The cluster as the control path last saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterSnapshot {
+    /// The epoch of the roles below: raised by every change of any role.
+    pub epoch: Epoch,
+    /// Raised by every publication, role change or not (a new check time
+    /// is enough); lets a reader tell that something was published.
+    pub generation: u64,
+    /// The node writes go to, if one is known. Always the one node whose
+    /// role is `Primary`.
+    pub primary: Option<NodeId>,
+    /// Every configured node, by id.
+    pub nodes: Vec<NodeState>,
+}
+
+impl ClusterSnapshot {
+    pub fn node(&self, id: NodeId) -> Option<&NodeState> {
+        self.nodes.get(id.index())
+    }
+
+    pub fn node_named(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The primary's state, if a primary is known.
+    pub fn primary_node(&self) -> Option<&NodeState> {
+        self.primary.and_then(|id| self.node(id))
+    }
+
+    /// The nodes taken as standbys, up or not.
+    pub fn standbys(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.iter().filter(|n| n.role == Role::Standby)
+    }
+}
+
+/// One node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeState {
+    pub id: NodeId,
+    /// `[[backend]] name`.
+    pub name: String,
+    pub host: BackendHost,
+    pub port: u16,
+    /// pgpool backend_weight (changes on reload).
+    pub weight: f64,
+    pub flags: BackendFlags,
+    pub role: Role,
+    /// The epoch at which `role` was set.
+    pub role_epoch: Epoch,
+    pub status: Status,
+    /// What the node said at its last answer: `Some(false)` = "I am a
+    /// primary". Stale while `status` is not `Up`.
+    pub in_recovery: Option<bool>,
+    /// The last timeline seen.
+    pub timeline: Option<u32>,
+    /// The WAL positions of the last answer (kept when the node goes
+    /// down, with `last_check` saying how old they are).
+    pub lsn: NodeLsns,
+    /// Bytes of WAL the node has still to replay: the primary's current
+    /// LSN minus this standby's replay LSN (0 on the primary). None when
+    /// either is down or unknown.
+    pub lag_bytes: Option<u64>,
+    /// How far behind its replay is in time (see `Probe::replay_delay`; 0
+    /// on the primary). None while the node is not up.
+    pub lag_time: Option<Duration>,
+    /// When the last check started, answered or not.
+    pub last_check: Option<SystemTime>,
+    /// How long the last check took.
+    pub last_check_duration: Option<Duration>,
+    /// When the node last answered.
+    pub last_answer: Option<SystemTime>,
+    /// Why the last check failed; None after an answer.
+    pub last_error: Option<CheckError>,
+    /// `server_version_num`.
+    pub server_version: Option<u32>,
+}
+
+/// The WAL positions a node reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeLsns {
+    /// `pg_current_wal_lsn()` (a node not in recovery).
+    pub current: Option<Lsn>,
+    /// `pg_last_wal_receive_lsn()` (a standby).
+    pub receive: Option<Lsn>,
+    /// `pg_last_wal_replay_lsn()` (a standby).
+    pub replay: Option<Lsn>,
+}
+
+impl NodeState {
+    /// Up, and a primary or a standby: a node the data path may use.
+    /// Whether a standby is too far behind is `LagLimits`' question.
+    pub fn is_routable(&self) -> bool {
+        self.status == Status::Up && matches!(self.role, Role::Primary | Role::Standby)
+    }
+
+    /// True if this standby is over `limits`. pgpool's rule: with a time
+    /// limit, only time counts; else bytes; with neither, nothing is too
+    /// far. A lag that is not known counts as over a limit that is set:
+    /// a standby whose distance cannot be measured is not trusted to be
+    /// close. The primary is never behind.
+    pub fn is_behind(&self, limits: &LagLimits) -> bool {
+        if self.role == Role::Primary {
+            return false;
+        }
+        match (limits.time, limits.bytes) {
+            (Some(limit), _) => self.lag_time.is_none_or(|lag| lag > limit),
+            (None, Some(limit)) => self.lag_bytes.is_none_or(|lag| lag > limit),
+            (None, None) => false,
+        }
+    }
+}
+
+/// pgpool's delay_threshold and delay_threshold_by_time, as limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LagLimits {
+    pub bytes: Option<u64>,
+    pub time: Option<Duration>,
+}
+
+impl LagLimits {
+    pub fn from_config(config: &StreamingReplicationConfig) -> LagLimits {
+        LagLimits {
+            bytes: Some(config.delay_threshold.bytes()).filter(|b| *b > 0),
+            time: config.delay_threshold_by_time.limit(),
+        }
+    }
+}

@@ -1,0 +1,653 @@
+//! The node table and the rules that turn observations into roles. Pure:
+//! no tasks, no clocks, no I/O, so every rule is unit-tested here.
+//!
+//! # The role rules (the single-node stand-in for the coordinator)
+//!
+//! A node's *claim* is what it said at its last answer, if that answer is
+//! current: the node is up and the check logged in. Then:
+//!
+//! 1. An ALWAYS_PRIMARY node is the primary, whatever it says.
+//! 2. The known primary stays the primary while it claims the role, and
+//!    while it cannot be asked for a reason other than being down (a
+//!    refused password is pghalo's fault, not the node's).
+//! 3. A known primary that is down is replaced by a node that claims the
+//!    role on a newer timeline, that is, one promoted after it (if several
+//!    do, the single highest timeline wins, else none). A node claiming
+//!    the role on the same or an older timeline is not taken: nothing
+//!    shows it is not the stale one.
+//! 4. With no primary known (at start, or after the primary went into
+//!    recovery), once every node has been checked at least once, the
+//!    claimant is taken; among several, the single highest timeline wins,
+//!    else none (they are all false primaries, `Ambiguous`).
+//! 5. Every other node that claims the role is a false primary; a node in
+//!    recovery is a standby; a node with no current claim keeps its role,
+//!    except a former primary, whose role becomes unknown.
+//!
+//! So a snapshot never names two primaries (rule 4 of DESIGN.md), and a
+//! standby promoted by someone else becomes the primary only when the old
+//! one is gone (down or in recovery). Each pass that changes any role
+//! raises the epoch once. Issue 5 moves the choice of the primary into the
+//! coordinator: rules 2 to 4 become its decisions, and `settle` applies
+//! decided roles instead of choosing them.
+
+use std::time::Duration;
+
+use crate::config::BackendConfig;
+
+use super::observation::{CheckError, Observation};
+use super::snapshot::{ClusterSnapshot, NodeLsns, NodeState};
+use super::types::{Epoch, FalsePrimary, NodeId, Role, Status};
+
+/// A role that changed in one `settle`.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct RoleChange {
+    pub(super) node: NodeId,
+    pub(super) from: Role,
+    pub(super) to: Role,
+}
+
+/// What one observation changed that an operator should hear about.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Notice {
+    StatusChanged {
+        node: NodeId,
+        from: Status,
+        to: Status,
+        error: Option<CheckError>,
+    },
+    /// A failure that does not change the status (a configuration error),
+    /// told once per distinct error rather than at every check.
+    NewError { node: NodeId, error: CheckError },
+}
+
+struct Entry {
+    state: NodeState,
+    /// The replay delay of the last answer, kept apart from
+    /// `state.lag_time`, which is derived from it and the role.
+    replay_delay: Option<Duration>,
+    /// Any check has come back for this node, answer or not.
+    checked: bool,
+}
+
+pub(super) struct NodeTable {
+    entries: Vec<Entry>,
+    epoch: Epoch,
+    generation: u64,
+    primary: Option<NodeId>,
+    always_primary: Option<NodeId>,
+}
+
+impl NodeTable {
+    pub(super) fn new(backends: &[BackendConfig]) -> NodeTable {
+        let always_primary = backends
+            .iter()
+            .position(|b| b.flags.always_primary)
+            .map(NodeId);
+        let entries = backends
+            .iter()
+            .enumerate()
+            .map(|(index, b)| Entry {
+                state: NodeState {
+                    id: NodeId(index),
+                    name: b.name.clone(),
+                    host: b.host.clone(),
+                    port: b.port,
+                    weight: b.weight,
+                    flags: b.flags,
+                    // Configuration, not an observation: epoch 0.
+                    role: if always_primary == Some(NodeId(index)) {
+                        Role::Primary
+                    } else {
+                        Role::Unknown
+                    },
+                    role_epoch: Epoch::ZERO,
+                    status: Status::Waiting,
+                    in_recovery: None,
+                    timeline: None,
+                    lsn: NodeLsns::default(),
+                    lag_bytes: None,
+                    lag_time: None,
+                    last_check: None,
+                    last_check_duration: None,
+                    last_answer: None,
+                    last_error: None,
+                    server_version: None,
+                },
+                replay_delay: None,
+                checked: false,
+            })
+            .collect();
+        NodeTable {
+            entries,
+            epoch: Epoch::ZERO,
+            generation: 0,
+            primary: always_primary,
+            always_primary,
+        }
+    }
+
+    /// Records one check. Roles are not touched until `settle`.
+    pub(super) fn observe(&mut self, obs: Observation) -> Option<Notice> {
+        let entry = self.entries.get_mut(obs.node.index())?;
+        entry.checked = true;
+        let state = &mut entry.state;
+        let before = state.status;
+        state.last_check = Some(obs.at);
+        state.last_check_duration = Some(obs.elapsed);
+        match obs.outcome {
+            Ok(probe) => {
+                state.status = Status::Up;
+                state.last_answer = Some(obs.at);
+                state.last_error = None;
+                state.in_recovery = Some(probe.in_recovery);
+                if probe.timeline.is_some() {
+                    state.timeline = probe.timeline;
+                }
+                state.lsn = NodeLsns {
+                    current: probe.current_lsn,
+                    receive: probe.receive_lsn,
+                    replay: probe.replay_lsn,
+                };
+                state.server_version = probe.server_version.or(state.server_version);
+                entry.replay_delay = probe.replay_delay;
+                (before != Status::Up).then_some(Notice::StatusChanged {
+                    node: obs.node,
+                    from: before,
+                    to: Status::Up,
+                    error: None,
+                })
+            }
+            Err(error) if error.kind.means_down() => {
+                state.status = Status::Down;
+                let repeated = state.last_error.as_ref() == Some(&error);
+                state.last_error = Some(error.clone());
+                if before != Status::Down {
+                    Some(Notice::StatusChanged {
+                        node: obs.node,
+                        from: before,
+                        to: Status::Down,
+                        error: Some(error),
+                    })
+                } else if !repeated {
+                    Some(Notice::NewError {
+                        node: obs.node,
+                        error,
+                    })
+                } else {
+                    None
+                }
+            }
+            Err(error) => {
+                // The node answered but would not let the check in: its
+                // status and role stay what they were (see the module docs).
+                let repeated = state.last_error.as_ref() == Some(&error);
+                state.last_error = Some(error.clone());
+                (!repeated).then_some(Notice::NewError {
+                    node: obs.node,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// Takes the weights of a reloaded configuration. Names, addresses and
+    /// flags need a restart (the reload plan says so), so only the weight
+    /// of a node that is still the same node changes.
+    pub(super) fn update_backends(&mut self, backends: &[BackendConfig]) {
+        for (entry, b) in self.entries.iter_mut().zip(backends) {
+            let state = &mut entry.state;
+            if state.name == b.name && state.host == b.host && state.port == b.port {
+                state.weight = b.weight;
+            }
+        }
+    }
+
+    /// Applies the role rules to what has been observed, raises the epoch
+    /// if any role changed, and derives the lags.
+    pub(super) fn settle(&mut self) -> Vec<RoleChange> {
+        let primary = self.choose_primary();
+        self.primary = primary;
+        let undecided = primary.is_none() && !self.all_checked();
+        let reason = match primary {
+            Some(p) if Some(p) == self.always_primary => FalsePrimary::AlwaysPrimary(p),
+            Some(p) => FalsePrimary::OtherPrimary(p),
+            None => FalsePrimary::Ambiguous,
+        };
+        let mut changes = Vec::new();
+        for entry in &mut self.entries {
+            let state = &entry.state;
+            let role = if Some(state.id) == primary {
+                Role::Primary
+            } else {
+                match claim(state) {
+                    Some(true) => Role::Standby,
+                    // Before every node has answered once, a claimant is
+                    // neither the primary nor a false one yet.
+                    Some(false) if undecided => Role::Unknown,
+                    Some(false) => Role::FalsePrimary(reason),
+                    None => match state.role {
+                        Role::Primary => Role::Unknown,
+                        Role::FalsePrimary(_) => Role::FalsePrimary(reason),
+                        other => other,
+                    },
+                }
+            };
+            if role != state.role {
+                changes.push(RoleChange {
+                    node: state.id,
+                    from: state.role,
+                    to: role,
+                });
+                entry.state.role = role;
+            }
+        }
+        if !changes.is_empty() {
+            self.epoch = self.epoch.next();
+            for change in &changes {
+                self.entries[change.node.index()].state.role_epoch = self.epoch;
+            }
+        }
+        self.derive_lags();
+        changes
+    }
+
+    pub(super) fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub(super) fn name(&self, node: NodeId) -> &str {
+        self.entries
+            .get(node.index())
+            .map_or("?", |e| e.state.name.as_str())
+    }
+
+    /// The next snapshot to publish.
+    pub(super) fn snapshot(&mut self) -> ClusterSnapshot {
+        self.generation += 1;
+        ClusterSnapshot {
+            epoch: self.epoch,
+            generation: self.generation,
+            primary: self.primary,
+            nodes: self.entries.iter().map(|e| e.state.clone()).collect(),
+        }
+    }
+
+    fn all_checked(&self) -> bool {
+        self.entries.iter().all(|e| e.checked)
+    }
+
+    fn choose_primary(&self) -> Option<NodeId> {
+        if self.always_primary.is_some() {
+            return self.always_primary;
+        }
+        let claimants: Vec<&NodeState> = self
+            .entries
+            .iter()
+            .map(|e| &e.state)
+            .filter(|s| claim(s) == Some(false))
+            .collect();
+        if let Some(known) = self.primary.and_then(|p| self.entries.get(p.index())) {
+            let known = &known.state;
+            match claim(known) {
+                Some(false) => return Some(known.id),
+                Some(true) => {} // Went into recovery: choose again below.
+                None if known.status != Status::Down => return Some(known.id),
+                None => {
+                    let newer: Vec<&NodeState> = claimants
+                        .iter()
+                        .copied()
+                        .filter(
+                            |c| matches!((c.timeline, known.timeline), (Some(c), Some(k)) if c > k),
+                        )
+                        .collect();
+                    return highest_timeline(&newer).or(Some(known.id));
+                }
+            }
+        }
+        if !self.all_checked() {
+            return None;
+        }
+        highest_timeline(&claimants)
+    }
+
+    fn derive_lags(&mut self) {
+        let primary_lsn = self
+            .primary
+            .and_then(|p| self.entries.get(p.index()))
+            .filter(|e| e.state.status == Status::Up)
+            .and_then(|e| e.state.lsn.current);
+        for entry in &mut self.entries {
+            let state = &mut entry.state;
+            (state.lag_bytes, state.lag_time) = match (state.status, state.role) {
+                (Status::Up, Role::Primary) => (Some(0), Some(Duration::ZERO)),
+                (Status::Up, Role::Standby) => (
+                    primary_lsn
+                        .zip(state.lsn.replay)
+                        .map(|(primary, replay)| primary.bytes_after(replay)),
+                    entry.replay_delay,
+                ),
+                _ => (None, None),
+            };
+        }
+    }
+}
+
+/// What a node currently says: `Some(true)` in recovery, `Some(false)` a
+/// primary, None when its last word is not current (down, waiting, or the
+/// check could not log in).
+fn claim(state: &NodeState) -> Option<bool> {
+    if state.status == Status::Up && state.last_error.is_none() {
+        state.in_recovery
+    } else {
+        None
+    }
+}
+
+/// The one node among `nodes` on the highest timeline; None when there is
+/// none, or when several share the highest (or it is not known).
+fn highest_timeline(nodes: &[&NodeState]) -> Option<NodeId> {
+    match nodes {
+        [] => None,
+        [only] => Some(only.id),
+        _ => {
+            let top = nodes.iter().filter_map(|n| n.timeline).max()?;
+            let mut at_top = nodes.iter().filter(|n| n.timeline == Some(top));
+            match (at_top.next(), at_top.next()) {
+                (Some(node), None) => Some(node.id),
+                _ => None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::cluster::observation::{CheckErrorKind, Probe};
+    use crate::cluster::types::Lsn;
+    use crate::config::Config;
+
+    fn backends(n: usize, always_primary: Option<usize>) -> Vec<BackendConfig> {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[backend]]\nhost = \"10.0.0.{i}\"\nport = 5432\n"
+            ));
+            if always_primary == Some(i) {
+                text.push_str("flags = [\"ALWAYS_PRIMARY\"]\n");
+            }
+        }
+        Config::from_str_with_name(&text, "/t.toml")
+            .unwrap()
+            .backends
+    }
+
+    fn primary(node: usize, timeline: u32, lsn: u64) -> Observation {
+        answer(
+            node,
+            Probe {
+                in_recovery: false,
+                timeline: Some(timeline),
+                current_lsn: Some(Lsn(lsn)),
+                ..Probe::default()
+            },
+        )
+    }
+
+    fn standby(node: usize, timeline: u32, replay: u64) -> Observation {
+        answer(
+            node,
+            Probe {
+                in_recovery: true,
+                timeline: Some(timeline),
+                receive_lsn: Some(Lsn(replay)),
+                replay_lsn: Some(Lsn(replay)),
+                replay_delay: Some(Duration::ZERO),
+                ..Probe::default()
+            },
+        )
+    }
+
+    fn answer(node: usize, probe: Probe) -> Observation {
+        Observation {
+            node: NodeId(node),
+            at: SystemTime::now(),
+            elapsed: Duration::from_millis(1),
+            outcome: Ok(probe),
+        }
+    }
+
+    fn failed(node: usize, kind: CheckErrorKind) -> Observation {
+        Observation {
+            node: NodeId(node),
+            at: SystemTime::now(),
+            elapsed: Duration::from_millis(1),
+            outcome: Err(CheckError::new(kind, "test")),
+        }
+    }
+
+    fn feed(table: &mut NodeTable, observations: Vec<Observation>) -> ClusterSnapshot {
+        for obs in observations {
+            table.observe(obs);
+        }
+        table.settle();
+        table.snapshot()
+    }
+
+    fn roles(snapshot: &ClusterSnapshot) -> Vec<Role> {
+        snapshot.nodes.iter().map(|n| n.role).collect()
+    }
+
+    fn primaries(snapshot: &ClusterSnapshot) -> usize {
+        snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Primary)
+            .count()
+    }
+
+    #[test]
+    fn starts_waiting_and_finds_the_roles() {
+        let mut t = NodeTable::new(&backends(3, None));
+        let s = t.snapshot();
+        assert!(s.nodes.iter().all(|n| n.status == Status::Waiting));
+        assert_eq!(roles(&s), [Role::Unknown; 3]);
+        assert_eq!((s.epoch, s.primary), (Epoch::ZERO, None));
+
+        // The primary answers first, but is not taken until every node has
+        // been checked: a second claimant could still turn up.
+        let s = feed(&mut t, vec![primary(0, 1, 1000), standby(1, 1, 900)]);
+        assert_eq!(s.primary, None);
+        assert_eq!(roles(&s), [Role::Unknown, Role::Standby, Role::Unknown]);
+        assert_eq!(s.epoch, Epoch(1));
+        let s = feed(&mut t, vec![standby(2, 1, 1000)]);
+        assert_eq!(s.primary, Some(NodeId(0)));
+        assert_eq!(roles(&s), [Role::Primary, Role::Standby, Role::Standby]);
+        assert_eq!(s.epoch, Epoch(2));
+        assert_eq!(s.nodes[0].role_epoch, Epoch(2));
+        assert_eq!(s.nodes[1].role_epoch, Epoch(1));
+        assert_eq!(s.nodes[1].lag_bytes, Some(100));
+        assert_eq!(s.nodes[2].lag_bytes, Some(0));
+        assert_eq!(s.nodes[0].lag_bytes, Some(0));
+
+        // Nothing changes: same epoch, new generation.
+        let again = feed(&mut t, vec![primary(0, 1, 1000)]);
+        assert_eq!(again.epoch, Epoch(2));
+        assert!(again.generation > s.generation);
+    }
+
+    #[test]
+    fn a_down_node_settles_the_start_too() {
+        let mut t = NodeTable::new(&backends(3, None));
+        let s = feed(
+            &mut t,
+            vec![
+                primary(0, 1, 10),
+                standby(1, 1, 10),
+                failed(2, CheckErrorKind::Timeout),
+            ],
+        );
+        assert_eq!(s.primary, Some(NodeId(0)));
+        assert_eq!(s.nodes[2].status, Status::Down);
+        assert_eq!(s.nodes[2].role, Role::Unknown);
+        assert_eq!(s.nodes[2].lag_bytes, None);
+    }
+
+    #[test]
+    fn a_standby_promoted_behind_a_live_primary_is_a_false_primary() {
+        let mut t = NodeTable::new(&backends(2, None));
+        feed(&mut t, vec![primary(0, 1, 10), standby(1, 1, 10)]);
+        let s = feed(&mut t, vec![primary(1, 2, 20), primary(0, 1, 30)]);
+        assert_eq!(s.primary, Some(NodeId(0)));
+        assert_eq!(
+            roles(&s),
+            [
+                Role::Primary,
+                Role::FalsePrimary(FalsePrimary::OtherPrimary(NodeId(0)))
+            ]
+        );
+        assert_eq!(s.epoch, Epoch(2));
+        assert_eq!(s.nodes[1].lag_bytes, None);
+
+        // The old primary goes down: the node promoted after it (newer
+        // timeline) takes over, and the old one is no longer the primary.
+        let s = feed(&mut t, vec![failed(0, CheckErrorKind::Connect)]);
+        assert_eq!(s.primary, Some(NodeId(1)));
+        assert_eq!(roles(&s), [Role::Unknown, Role::Primary]);
+        assert_eq!(s.epoch, Epoch(3));
+        assert_eq!(primaries(&s), 1);
+
+        // It comes back still writable: a false primary.
+        let s = feed(&mut t, vec![primary(0, 1, 40)]);
+        assert_eq!(s.primary, Some(NodeId(1)));
+        assert_eq!(
+            s.nodes[0].role,
+            Role::FalsePrimary(FalsePrimary::OtherPrimary(NodeId(1)))
+        );
+        assert_eq!(s.epoch, Epoch(4));
+
+        // Rewound and following the new primary: a standby again.
+        let s = feed(&mut t, vec![standby(0, 2, 20)]);
+        assert_eq!(roles(&s), [Role::Standby, Role::Primary]);
+        assert_eq!(s.epoch, Epoch(5));
+    }
+
+    #[test]
+    fn a_claimant_on_the_same_timeline_does_not_replace_a_down_primary() {
+        let mut t = NodeTable::new(&backends(2, None));
+        feed(&mut t, vec![primary(0, 3, 10), standby(1, 3, 10)]);
+        let s = feed(
+            &mut t,
+            vec![failed(0, CheckErrorKind::Timeout), primary(1, 3, 10)],
+        );
+        assert_eq!(s.primary, Some(NodeId(0)));
+        assert_eq!(s.nodes[0].role, Role::Primary);
+        assert_eq!(s.nodes[0].status, Status::Down);
+        assert!(matches!(s.nodes[1].role, Role::FalsePrimary(_)));
+    }
+
+    #[test]
+    fn a_primary_that_goes_into_recovery_hands_over() {
+        let mut t = NodeTable::new(&backends(2, None));
+        feed(&mut t, vec![primary(0, 1, 10), standby(1, 1, 10)]);
+        // Switchover done by someone else: node1 promoted, node0 follows.
+        let s = feed(&mut t, vec![primary(1, 2, 20), standby(0, 2, 20)]);
+        assert_eq!(s.primary, Some(NodeId(1)));
+        assert_eq!(roles(&s), [Role::Standby, Role::Primary]);
+        assert_eq!(s.epoch, Epoch(2));
+    }
+
+    #[test]
+    fn two_claimants_at_start() {
+        let mut t = NodeTable::new(&backends(3, None));
+        let s = feed(
+            &mut t,
+            vec![primary(0, 1, 10), primary(1, 2, 10), standby(2, 2, 10)],
+        );
+        // The newer timeline wins.
+        assert_eq!(s.primary, Some(NodeId(1)));
+        assert!(matches!(s.nodes[0].role, Role::FalsePrimary(_)));
+
+        let mut t = NodeTable::new(&backends(2, None));
+        let s = feed(&mut t, vec![primary(0, 1, 10), primary(1, 1, 10)]);
+        assert_eq!(s.primary, None);
+        assert_eq!(roles(&s), [Role::FalsePrimary(FalsePrimary::Ambiguous); 2]);
+    }
+
+    #[test]
+    fn always_primary_is_not_asked() {
+        let mut t = NodeTable::new(&backends(2, Some(1)));
+        let s = t.snapshot();
+        assert_eq!(s.primary, Some(NodeId(1)));
+        assert_eq!(s.nodes[1].role, Role::Primary);
+        let s = feed(&mut t, vec![primary(0, 1, 10), standby(1, 1, 10)]);
+        assert_eq!(s.primary, Some(NodeId(1)));
+        assert_eq!(
+            s.nodes[0].role,
+            Role::FalsePrimary(FalsePrimary::AlwaysPrimary(NodeId(1)))
+        );
+        assert_eq!(s.nodes[1].role, Role::Primary);
+    }
+
+    #[test]
+    fn configuration_errors_do_not_take_a_node_down() {
+        let mut t = NodeTable::new(&backends(2, None));
+        feed(&mut t, vec![primary(0, 1, 10), standby(1, 1, 10)]);
+        let notice = t.observe(failed(0, CheckErrorKind::Config));
+        assert!(matches!(notice, Some(Notice::NewError { .. })));
+        // The same error again is not news.
+        assert_eq!(t.observe(failed(0, CheckErrorKind::Config)), None);
+        t.settle();
+        let s = t.snapshot();
+        assert_eq!(s.nodes[0].status, Status::Up);
+        assert_eq!(s.nodes[0].role, Role::Primary);
+        assert!(s.nodes[0].last_error.is_some());
+        // And a standby claiming primary meanwhile is not taken.
+        let s = feed(&mut t, vec![primary(1, 2, 20)]);
+        assert_eq!(s.primary, Some(NodeId(0)));
+    }
+
+    #[test]
+    fn status_notices() {
+        let mut t = NodeTable::new(&backends(1, None));
+        let n = t.observe(failed(0, CheckErrorKind::Connect));
+        assert!(matches!(
+            n,
+            Some(Notice::StatusChanged {
+                from: Status::Waiting,
+                to: Status::Down,
+                ..
+            })
+        ));
+        assert_eq!(t.observe(failed(0, CheckErrorKind::Connect)), None);
+        assert!(matches!(
+            t.observe(failed(0, CheckErrorKind::Timeout)),
+            Some(Notice::NewError { .. })
+        ));
+        assert!(matches!(
+            t.observe(primary(0, 1, 1)),
+            Some(Notice::StatusChanged { to: Status::Up, .. })
+        ));
+    }
+
+    #[test]
+    fn weights_follow_a_reload() {
+        let mut t = NodeTable::new(&backends(2, None));
+        let mut next = backends(2, None);
+        next[1].weight = 3.0;
+        t.update_backends(&next);
+        assert_eq!(t.snapshot().nodes[1].weight, 3.0);
+    }
+
+    #[test]
+    fn lag_needs_a_live_primary() {
+        let mut t = NodeTable::new(&backends(2, None));
+        feed(&mut t, vec![primary(0, 1, 5000), standby(1, 1, 1000)]);
+        let s = feed(&mut t, vec![failed(0, CheckErrorKind::Closed)]);
+        assert_eq!(s.nodes[1].lag_bytes, None);
+        assert_eq!(s.nodes[1].lag_time, Some(Duration::ZERO));
+        assert_eq!(s.nodes[0].lag_bytes, None);
+    }
+}

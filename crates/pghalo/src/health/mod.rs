@@ -1,0 +1,284 @@
+//! Health probes and the replication monitor (pgpool's streaming
+//! replication check), sending observations to `cluster`. Must not touch
+//! pools or run failover: it asks, and reports what it heard.
+//!
+//! # The replication monitor
+//! One task per backend, each with its own connection (tokio-postgres, the
+//! control path's client), so a node that hangs holds up only its own
+//! task. Every `sr_check_period` a task asks its node, in one prepared
+//! query, whether it is in recovery, its timeline and its WAL positions
+//! (see `probe.rs`), all under `sr_check_timeout`, and sends the answer or
+//! the reason for no answer as an [`Observation`].
+//! The cluster turns observations into roles and lag; docs/topology.md
+//! has the whole story.
+//!
+//! # Layout
+//! - `settings.rs`: [`MonitorSettings`], from the configuration.
+//! - `probe.rs`: the query, the connection, the sorting of failures.
+//! - `mod.rs`: [`ReplicationMonitor`], the tasks and their handle.
+//!
+//! Health checks proper (health_check_*, issue 5) will live here too.
+
+mod probe;
+mod settings;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::cluster::{NodeId, Observation, Observer};
+
+pub use settings::{MonitorSettings, Target};
+
+/// With sr_check_period = 0 a node is asked until it answers once; this is
+/// how often while it does not.
+const UNANSWERED_RETRY: Duration = Duration::from_secs(1);
+
+/// The running replication monitor. Its tasks stop when the daemon's
+/// shutdown signal turns true, or when this handle is dropped (at their
+/// next wait: a check under way finishes first, within sr_check_timeout).
+pub struct ReplicationMonitor {
+    /// The settings every task reads before each check.
+    settings: watch::Sender<Arc<MonitorSettings>>,
+    /// One per task, to wake it for a check now.
+    wake: Vec<Arc<Notify>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ReplicationMonitor {
+    /// Starts one task per node of `settings`, reporting to `observer`.
+    /// Needs a tokio runtime.
+    pub fn start(
+        settings: MonitorSettings,
+        observer: Observer,
+        shutdown: watch::Receiver<bool>,
+    ) -> ReplicationMonitor {
+        warn_if_disabled(&settings);
+        let nodes = settings.targets.len();
+        let (settings, settings_rx) = watch::channel(Arc::new(settings));
+        let wake: Vec<Arc<Notify>> = (0..nodes).map(|_| Arc::new(Notify::new())).collect();
+        let tasks = wake
+            .iter()
+            .enumerate()
+            .map(|(index, wake)| {
+                tokio::spawn(watch_node(
+                    NodeId(index),
+                    settings_rx.clone(),
+                    observer.clone(),
+                    wake.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        ReplicationMonitor {
+            settings,
+            wake,
+            tasks,
+        }
+    }
+
+    /// Takes a reloaded configuration's settings; each task uses them from
+    /// its next check, which starts at once. New credentials or a new
+    /// database mean new connections.
+    pub fn reconfigure(&self, settings: MonitorSettings) {
+        if settings.targets.len() != self.wake.len() {
+            // The reload plan keeps the backend list until a restart, so
+            // this only guards against a caller that did not apply it.
+            tracing::warn!(
+                "replication monitor: the number of backends changed; it applies after a restart"
+            );
+        }
+        let was_enabled = self.settings.borrow().enabled();
+        if was_enabled && !settings.enabled() {
+            warn_if_disabled(&settings);
+        }
+        self.settings.send_replace(Arc::new(settings));
+    }
+
+    /// Asks every node now rather than at the next period (for the
+    /// coordinator, which will want confirming probes).
+    pub fn check_now(&self) {
+        for wake in &self.wake {
+            // notify_one keeps a permit, so a task in the middle of a check
+            // checks again as soon as it is done.
+            wake.notify_one();
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<MonitorSettings> {
+        self.settings.borrow().clone()
+    }
+
+    /// True once every task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.tasks.iter().all(JoinHandle::is_finished)
+    }
+}
+
+fn warn_if_disabled(settings: &MonitorSettings) {
+    if !settings.enabled() {
+        tracing::warn!(
+            "streaming_replication.sr_check_user is not set: pghalo does not check the nodes' roles \
+             and lag, and knows no primary but an ALWAYS_PRIMARY one"
+        );
+    }
+}
+
+/// One node's task: check, report, wait for the period (or new settings,
+/// or a wake-up), again, until shutdown.
+async fn watch_node(
+    node: NodeId,
+    mut settings: watch::Receiver<Arc<MonitorSettings>>,
+    observer: Observer,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conn: Option<probe::Connection> = None;
+    // The settings the open connection was made with.
+    let mut conn_settings: Option<Arc<MonitorSettings>> = None;
+    let mut answered = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let current = settings.borrow_and_update().clone();
+        let wait = match current.targets.get(node.index()) {
+            Some(target) if current.enabled() => {
+                if conn_settings
+                    .as_ref()
+                    .is_some_and(|made| !made.same_login(&current, node.index()))
+                {
+                    conn = None;
+                }
+                let at = SystemTime::now();
+                let started = Instant::now();
+                let outcome = probe::check(&mut conn, &current, target).await;
+                conn_settings = conn.as_ref().map(|_| current.clone());
+                answered |= outcome.is_ok();
+                let observation = Observation {
+                    node,
+                    at,
+                    elapsed: started.elapsed(),
+                    outcome,
+                };
+                if observer.send(observation).await.is_err() {
+                    return; // The cluster is gone: nobody to tell.
+                }
+                if !current.period.is_zero() {
+                    Some(current.period.saturating_sub(started.elapsed()))
+                } else if answered {
+                    None
+                } else {
+                    Some(UNANSWERED_RETRY)
+                }
+            }
+            // Disabled, or a node this configuration does not have.
+            _ => {
+                conn = None;
+                conn_settings = None;
+                None
+            }
+        };
+        let sleep = async {
+            match wait {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            changed = settings.changed() => {
+                if changed.is_err() {
+                    return; // The handle was dropped.
+                }
+                answered = false;
+            }
+            () = wake.notified() => {}
+            _ = shutdown.changed() => {} // Checked at the top of the loop.
+        }
+        if shutdown.has_changed().is_err() {
+            return; // The daemon is gone.
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{CheckErrorKind, Cluster, Status};
+    use crate::config::Config;
+    use crate::config::passwd::PasswordFile;
+
+    /// A port nothing listens on: bound, then released.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    fn config(user: &str, port: u16) -> Config {
+        Config::from_str_with_name(
+            &format!(
+                "[streaming_replication]\nsr_check_user = \"{user}\"\nsr_check_password = \"{}\"\n\
+                 sr_check_period = \"100ms\"\nsr_check_timeout = \"5s\"\n\
+                 [[backend]]\nhost = \"127.0.0.1\"\nport = {port}\n",
+                if user.is_empty() { "" } else { "TEXTpw" }
+            ),
+            "/t.toml",
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_down_at_once_and_shutdown_stops_the_tasks() {
+        let config = config("monitor", closed_port());
+        let cluster = Cluster::start(&config.backends);
+        let settings = MonitorSettings::from_config(&config, &PasswordFile::default()).unwrap();
+        let (shutdown, watcher) = watch::channel(false);
+        let monitor = ReplicationMonitor::start(settings, cluster.observer(), watcher);
+        let s = cluster
+            .view()
+            .wait_for(Duration::from_secs(3), |s| {
+                s.nodes[0].status == Status::Down
+            })
+            .await
+            .unwrap();
+        let error = s.nodes[0].last_error.clone().unwrap();
+        assert_eq!(error.kind, CheckErrorKind::Connect, "{error}");
+        assert!(!error.message.contains("TEXTpw") && !error.message.contains("pw\""));
+
+        shutdown.send_replace(true);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !monitor.is_finished() {
+            assert!(Instant::now() < deadline, "tasks still running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn disabled_until_a_reload_sets_the_user() {
+        let port = closed_port();
+        let cluster = Cluster::start(&config("", port).backends);
+        let settings =
+            MonitorSettings::from_config(&config("", port), &PasswordFile::default()).unwrap();
+        let (_shutdown, watcher) = watch::channel(false);
+        let monitor = ReplicationMonitor::start(settings, cluster.observer(), watcher);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(cluster.snapshot().nodes[0].status, Status::Waiting);
+        assert_eq!(cluster.snapshot().nodes[0].last_check, None);
+
+        let enabled = config("monitor", port);
+        monitor
+            .reconfigure(MonitorSettings::from_config(&enabled, &PasswordFile::default()).unwrap());
+        cluster
+            .view()
+            .wait_for(Duration::from_secs(3), |s| {
+                s.nodes[0].status == Status::Down
+            })
+            .await
+            .unwrap();
+        assert!(monitor.settings().enabled());
+    }
+}

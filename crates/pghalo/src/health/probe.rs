@@ -1,0 +1,223 @@
+//! One check of one node: a connection of its own (kept between checks,
+//! made again when broken), one prepared query, and the answer read into a
+//! [`Probe`] or the failure sorted into a [`CheckErrorKind`].
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use crate::cluster::{CheckError, CheckErrorKind, Lsn, Probe};
+use crate::config::BackendHost;
+
+use super::settings::{MonitorSettings, Target};
+
+/// Everything the check asks, in one round trip. Works on PostgreSQL 13 to
+/// 17: only functions and columns all of them have (`pg_stat_wal_receiver
+/// .received_tli` since 9.6, the `*_wal_*` function names since 10).
+///
+/// - The recovery flag is read once, in a CTE that is materialised, so the
+///   CASEs below agree with the value returned even if the node is
+///   promoted while the query runs; each CASE then calls only functions
+///   that work in that state (pg_current_wal_lsn() and pg_walfile_name()
+///   fail during recovery).
+/// - The timeline of a primary is the one it writes, the first 8 hex
+///   digits of its current WAL file name: exact at once after a promotion,
+///   where pg_control_checkpoint() shows the old timeline until the next
+///   checkpoint completes. A standby reports the timeline it receives, or
+///   when not streaming, its last restartpoint's.
+/// - The replay delay is pgpool's: the age of the last replayed commit
+///   when the standby has received WAL it has not replayed, else 0, in
+///   microseconds.
+const PROBE: &str = "\
+WITH r AS MATERIALIZED (SELECT pg_catalog.pg_is_in_recovery() AS in_recovery)
+SELECT r.in_recovery,
+       CASE WHEN NOT r.in_recovery THEN pg_catalog.pg_current_wal_lsn()::text END,
+       pg_catalog.pg_last_wal_receive_lsn()::text,
+       pg_catalog.pg_last_wal_replay_lsn()::text,
+       CASE WHEN NOT r.in_recovery
+            THEN ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int
+            ELSE coalesce((SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver),
+                          (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()))
+       END,
+       CASE WHEN r.in_recovery THEN
+            CASE WHEN pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() THEN 0
+                 ELSE (extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()) * 1000000)::bigint
+            END
+       END,
+       current_setting('server_version_num')::int
+FROM r";
+
+/// The name the monitor's sessions carry in pg_stat_activity.
+const APPLICATION_NAME: &str = "pghalo-sr-check";
+
+/// An open monitor connection to one node.
+pub(super) struct Connection {
+    client: Client,
+    statement: Statement,
+    /// Drives the socket; aborted with the connection, so a node that
+    /// stopped answering cannot keep a task alive.
+    _driver: AbortOnDrop,
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Checks one node within `settings.timeout`, connecting first if `conn`
+/// holds no live connection. After any failure the connection is dropped:
+/// one that timed out may be stuck in the middle of a reply.
+pub(super) async fn check(
+    conn: &mut Option<Connection>,
+    settings: &MonitorSettings,
+    target: &Target,
+) -> Result<Probe, CheckError> {
+    let attempt = async {
+        if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            *conn = None;
+        }
+        if conn.is_none() {
+            *conn = Some(connect(settings, target).await?);
+        }
+        let Some(open) = conn.as_ref() else {
+            return Err(CheckError::new(
+                CheckErrorKind::Closed,
+                "the connection was lost before the query",
+            ));
+        };
+        let row = open
+            .client
+            .query_one(&open.statement, &[])
+            .await
+            .map_err(|e| classify(&e, settings))?;
+        read_probe(&row)
+    };
+    let outcome = match tokio::time::timeout(settings.timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(CheckError::new(
+            CheckErrorKind::Timeout,
+            format!("no answer within {}", shown(settings.timeout)),
+        )),
+    };
+    if outcome.is_err() {
+        *conn = None;
+    }
+    outcome
+}
+
+async fn connect(settings: &MonitorSettings, target: &Target) -> Result<Connection, CheckError> {
+    let mut config = tokio_postgres::Config::new();
+    match &target.host {
+        BackendHost::Tcp(host) => config.host(host),
+        BackendHost::Unix(dir) => config.host_path(dir),
+    };
+    config
+        .port(target.port)
+        .user(&settings.user)
+        .dbname(&settings.database)
+        .application_name(APPLICATION_NAME);
+    if let Some(password) = &settings.password {
+        config.password(password.expose());
+    }
+    // TLS to the backends is not used by the monitor yet (see
+    // docs/topology.md); the check sends no password in clear with SCRAM.
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| classify(&e, settings))?;
+    let driver = AbortOnDrop(tokio::spawn(async move {
+        // Errors surface through the client (is_closed, a failed query).
+        let _ = connection.await;
+    }));
+    let statement = client
+        .prepare(PROBE)
+        .await
+        .map_err(|e| classify(&e, settings))?;
+    Ok(Connection {
+        client,
+        statement,
+        _driver: driver,
+    })
+}
+
+fn read_probe(row: &Row) -> Result<Probe, CheckError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        CheckError::new(
+            CheckErrorKind::Query,
+            format!("unexpected answer ({what}): {e}"),
+        )
+    };
+    let lsn = |index: usize, what: &str| -> Result<Option<Lsn>, CheckError> {
+        let text: Option<String> = row.try_get(index).map_err(|e| bad(what, &e))?;
+        text.map(|t| t.parse::<Lsn>().map_err(|e| bad(what, &e)))
+            .transpose()
+    };
+    let in_recovery: bool = row.try_get(0).map_err(|e| bad("in recovery", &e))?;
+    let timeline: Option<i32> = row.try_get(4).map_err(|e| bad("timeline", &e))?;
+    let delay_us: Option<i64> = row.try_get(5).map_err(|e| bad("replay delay", &e))?;
+    let version: Option<i32> = row.try_get(6).map_err(|e| bad("server version", &e))?;
+    Ok(Probe {
+        in_recovery,
+        current_lsn: lsn(1, "current LSN")?,
+        receive_lsn: lsn(2, "receive LSN")?,
+        replay_lsn: lsn(3, "replay LSN")?,
+        timeline: timeline.and_then(|t| u32::try_from(t).ok()),
+        // The commit timestamp is the primary's clock and now() the
+        // standby's: a skew can make the difference negative.
+        replay_delay: delay_us.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))),
+        server_version: version.and_then(|v| u32::try_from(v).ok()),
+    })
+}
+
+/// Sorts a tokio-postgres failure into what the cluster tells apart.
+fn classify(err: &tokio_postgres::Error, settings: &MonitorSettings) -> CheckError {
+    use CheckErrorKind::{Closed, Config, Connect, Query, Unavailable};
+    let (kind, mut message) = if let Some(db) = err.as_db_error() {
+        let code = db.code().code();
+        let kind = match code {
+            // invalid_authorization_specification, invalid_password (and
+            // the rest of class 28): the user, password or pg_hba refuses
+            // the check.
+            c if c.starts_with("28") => Config,
+            // invalid_catalog_name: sr_check_database does not exist.
+            "3D000" => Config,
+            // insufficient_privilege: sr_check_user lacks pg_monitor.
+            "42501" => Config,
+            // cannot_connect_now (starting up, shutting down),
+            // too_many_connections, admin/crash shutdown.
+            "57P03" | "53300" | "57P01" | "57P02" => Unavailable,
+            _ => Query,
+        };
+        (kind, format!("{} (SQLSTATE {code})", db.message()))
+    } else {
+        let text = err.to_string();
+        // tokio-postgres keeps its error kinds private; the Display
+        // prefixes are the only way to tell them apart.
+        let kind = if text.starts_with("invalid configuration")
+            || text.starts_with("authentication error")
+        {
+            Config
+        } else if text.starts_with("error connecting to server") {
+            Connect
+        } else if err.is_closed() || text.starts_with("error communicating with the server") {
+            Closed
+        } else {
+            Query
+        };
+        (kind, text)
+    };
+    if kind == Config
+        && let Some(why) = settings.missing_password
+    {
+        message.push_str(&format!(" (sr_check_password: {why})"));
+    }
+    CheckError::new(kind, message)
+}
+
+fn shown(d: Duration) -> String {
+    crate::config::ConfigDuration(d).to_string()
+}
