@@ -571,9 +571,8 @@ impl<'a> Relay<'a> {
                 let target = fe::TargetName::parse_describe(&body)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?;
                 match self.statement_for(target.target, target.name.as_bytes()) {
-                    Some(server_name) => {
-                        let server_name = server_name.clone();
-                        self.ensure_prepared(&server_name);
+                    Some((server_name, rest, _)) => {
+                        self.ensure_prepared(&server_name, &rest);
                         write_target(&mut self.sout, fe::DESCRIBE, b'S', server_name.as_bytes());
                     }
                     None => self.sout.extend_from_slice(&message),
@@ -724,17 +723,9 @@ impl<'a> Relay<'a> {
         self.unsynced = true;
         let bind = Bind::parse(body).map_err(|e| End::ClientProtocol(e.to_string()))?;
         match self.statement_for(fe::Target::Statement, bind.statement.as_bytes()) {
-            Some(server_name) => {
-                let server_name = server_name.clone();
-                if let Some(effects) = self
-                    .statements
-                    .values()
-                    .find(|s| s.server_name == server_name)
-                    .map(|s| s.effects.clone())
-                {
-                    self.pipeline_effects.extend(effects);
-                }
-                self.ensure_prepared(&server_name);
+            Some((server_name, rest, effects)) => {
+                self.pipeline_effects.extend(effects);
+                self.ensure_prepared(&server_name, &rest);
                 bind.write_renamed(&mut self.sout, &server_name)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?;
             }
@@ -744,20 +735,35 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
-    /// The server-side name of a client's named statement (transaction
-    /// mode only; session mode passes names through).
-    fn statement_for(&self, target: fe::Target, name: &[u8]) -> Option<&String> {
+    /// A client's named statement (transaction mode only; session mode
+    /// passes names through): its server-side name, its Parse body after
+    /// the name, and its session effects (empty, allocating nothing, for
+    /// the usual statement). One map lookup per Bind or Describe: this is
+    /// the hot path.
+    fn statement_for(
+        &self,
+        target: fe::Target,
+        name: &[u8],
+    ) -> Option<(String, Bytes, Vec<Effect>)> {
         if !self.transaction_mode() || target != fe::Target::Statement || name.is_empty() {
             return None;
         }
         self.statements
             .get(String::from_utf8_lossy(name).as_ref())
-            .map(|s| &s.server_name)
+            .map(|s| {
+                let changing = s.effects.iter().any(|e| !matches!(e, Effect::Plain));
+                let effects = if changing {
+                    s.effects.clone()
+                } else {
+                    Vec::new()
+                };
+                (s.server_name.clone(), s.rest.clone(), effects)
+            })
     }
 
     /// Prepares a client's statement on this server connection if it is
     /// not there yet; the ParseComplete is the relay's, not the client's.
-    fn ensure_prepared(&mut self, server_name: &str) {
+    fn ensure_prepared(&mut self, server_name: &str, rest: &[u8]) {
         let prepared = self
             .server
             .as_mut()
@@ -766,15 +772,7 @@ impl<'a> Relay<'a> {
         if prepared {
             return;
         }
-        let Some(rest) = self
-            .statements
-            .values()
-            .find(|s| s.server_name == server_name)
-            .map(|s| s.rest.clone())
-        else {
-            return;
-        };
-        write_parse(&mut self.sout, server_name, &rest);
+        write_parse(&mut self.sout, server_name, rest);
         self.mark_prepared(server_name);
         self.queue.push_back(Expect::Parse {
             swallow: true,
