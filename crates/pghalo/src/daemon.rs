@@ -263,21 +263,7 @@ fn running_pid(pid_file: &Path) -> Option<i32> {
         .trim()
         .parse()
         .ok()?;
-    alive(pid).then_some(pid)
-}
-
-/// A process that exists and has not exited (a zombie has: it only waits
-/// for its parent to reap it).
-fn alive(pid: i32) -> bool {
-    let exists = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false);
-    exists && !zombie
+    crate::process::is_alive(pid).then_some(pid)
 }
 
 /// Signals the pghalo running with the configuration at `path` (found
@@ -303,7 +289,7 @@ pub async fn signal_running(
     })?;
     if signal == nix::sys::signal::Signal::SIGTERM {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while alive(pid) {
+        while crate::process::is_alive(pid) {
             if std::time::Instant::now() >= deadline {
                 return Err(DaemonError::StopTimeout(pid));
             }

@@ -20,6 +20,7 @@ pub mod health;
 pub mod lab;
 pub mod net;
 pub mod pool;
+pub mod process;
 pub mod proxy;
 pub mod recovery;
 pub mod router;

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Command;
@@ -66,27 +65,7 @@ pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     is_alive(pid).then_some(pid)
 }
 
-pub fn is_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    match kill(Pid::from_raw(pid), None) {
-        Ok(()) => !is_zombie(pid),
-        Err(Errno::EPERM) => true,
-        Err(_) => false,
-    }
-}
-
-/// A zombie has exited and only waits for its parent to reap it.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
+pub use crate::process::is_alive;
 
 /// Pids of live processes whose parent is `parent` (a postmaster's children).
 pub fn children_of(parent: i32) -> Vec<i32> {
