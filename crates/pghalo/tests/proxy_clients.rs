@@ -123,7 +123,6 @@ fn psycopg_session_is_identical_direct_and_through_pghalo() {
 /// statement names, temp tables, LISTEN and settings must all be gone, so
 /// both transcripts still match the direct one.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "flaky (about 1 run in 4): the relay's reply queue sometimes still holds entries when psycopg closes, so the server connection is closed instead of pooled (safe, but no reuse); under investigation"]
 async fn psycopg_sessions_on_a_reused_server_connection_match_direct() {
     require_psycopg();
     let lab = &shared_lab().lab;

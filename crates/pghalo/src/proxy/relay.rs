@@ -204,6 +204,9 @@ pub(super) struct Relay<'a> {
     /// The server's last word was a FATAL: the client has been told why
     /// the connection ends, and needs no second error from pghalo.
     server_fatal: bool,
+    /// The server hit an error in the extended protocol and skips what
+    /// comes before the next Sync, which the client has not sent yet.
+    server_discarding: bool,
 }
 
 enum Io {
@@ -255,6 +258,7 @@ impl<'a> Relay<'a> {
             tx_status: b'I',
             statements: HashMap::new(),
             server_fatal: false,
+            server_discarding: false,
         }
     }
 
@@ -542,6 +546,12 @@ impl<'a> Relay<'a> {
     }
 
     fn client_message(&mut self, tag: u8, message: Bytes) -> Result<(), End> {
+        if self.server_discarding && tag != fe::SYNC {
+            // The server ignores everything up to Sync after an error in
+            // the extended protocol: nothing of this will be answered.
+            self.sout.extend_from_slice(&message);
+            return Ok(());
+        }
         let body = message.slice(5..);
         match tag {
             fe::QUERY => {
@@ -605,6 +615,7 @@ impl<'a> Relay<'a> {
                 self.queue.push_back(Expect::Execute);
             }
             fe::SYNC => {
+                self.server_discarding = false;
                 self.unsynced = false;
                 self.skip_until_sync = false;
                 self.sout.extend_from_slice(&message);
@@ -972,6 +983,9 @@ impl<'a> Relay<'a> {
                         }
                     }
                 }
+                // No Sync sent yet (a pipeline with Flush): what the client
+                // sends until its Sync will not be answered either.
+                self.server_discarding = self.queue.is_empty();
             }
         }
     }
