@@ -97,6 +97,7 @@ impl Daemon {
             pool_settings(&config),
         );
         proxy.set_tls(tls.server);
+        proxy.set_routing(crate::proxy::Routing::from_config(&config));
         let (shutdown, watcher) = watch::channel(false);
         let mut tcp = Vec::new();
         for addr in listen_addrs(&config) {
@@ -200,6 +201,8 @@ impl Daemon {
             pool_settings(&applied),
         );
         self.proxy.set_tls(tls.server);
+        self.proxy
+            .set_routing(crate::proxy::Routing::from_config(&applied));
         self.monitor.reconfigure(monitor_settings);
         self.cluster.update_backends(&applied.backends);
         self.config = applied;

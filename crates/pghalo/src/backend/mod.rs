@@ -343,6 +343,13 @@ impl ServerConnection {
     /// Runs `sql` with the simple protocol and discards its results; used
     /// for reset queries and session setup, never for client statements.
     pub async fn execute(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.query_value(sql).await.map(|_| ())
+    }
+
+    /// Runs `sql` like [`execute`](Self::execute) and returns the first
+    /// column of its first row as text (None: no row, or NULL).
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        let mut value = None;
         let mut out = BytesMut::new();
         frontend::write_query(&mut out, sql).map_err(|e| self.protocol(e))?;
         self.write_all(&out).await?;
@@ -358,8 +365,17 @@ impl ServerConnection {
                     self.last_used = Instant::now();
                     return match failure {
                         Some(error) => Err(BackendError::Query(error, self.addr.clone())),
-                        None => Ok(()),
+                        None => Ok(value),
                     };
+                }
+                be::DATA_ROW if value.is_none() => {
+                    if let Ok(row) = be::DataRow::parse(&msg.body) {
+                        value = row
+                            .values()
+                            .next()
+                            .flatten()
+                            .map(|v| String::from_utf8_lossy(v).into_owned());
+                    }
                 }
                 be::ERROR_RESPONSE => failure = Some(ServerError::from_fields(msg.body)),
                 be::PARAMETER_STATUS => {

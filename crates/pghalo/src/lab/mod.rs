@@ -545,6 +545,8 @@ impl Lab {
              archive_mode = on\n\
              archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'\n\
              password_encryption = 'scram-sha-256'\n\
+             shared_preload_libraries = 'pg_stat_statements'\n\
+             pg_stat_statements.track = all\n\
              log_line_prefix = '%m [%p] %q%u@%d '\n",
             port = node.port,
             name = node.name,

@@ -61,7 +61,13 @@ impl Lab {
                  [streaming_replication]\n\
                  sr_check_user = \"{HEALTH_USER}\"\n\
                  # The password, AES-encrypted with the key in pool_key (0600).\n\
-                 sr_check_password = \"{sr_check_password}\"\n",
+                 sr_check_password = \"{sr_check_password}\"\n\
+                 sr_check_period = \"1s\"\n\n\
+                 [load_balance]\n\
+                 # Reads spread over the nodes by weight; a session that wrote\n\
+                 # reads from a standby only once it has replayed the write.\n\
+                 load_balance_mode = true\n\
+                 read_your_writes = true\n",
                 name = proxy.name,
                 port = proxy.port,
             );

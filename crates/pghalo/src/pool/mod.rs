@@ -292,6 +292,25 @@ impl Pools {
     }
 }
 
+impl Pools {
+    /// Every pool: (key, idle, checked out, waiting, size), for SHOW
+    /// POOL_POOLS. Waiters are not counted per pool (0).
+    pub fn stats(&self) -> Vec<(PoolKey, usize, usize, usize, usize)> {
+        let shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shards
+            .values()
+            .map(|shard| {
+                let idle = shard.idle.lock().map_or(0, |idle| idle.len());
+                let out = shard.size - shard.permits.available_permits();
+                (shard.key.clone(), idle, out, 0, shard.size)
+            })
+            .collect()
+    }
+}
+
 impl Shard {
     fn pop_idle(&self) -> Option<ServerConnection> {
         self.idle.lock().ok()?.pop()

@@ -9,12 +9,14 @@ mod cancel;
 mod client_auth;
 mod error;
 mod relay;
+mod route;
 mod session;
 mod startup;
 mod startup_params;
 mod tx_policy;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -26,6 +28,7 @@ use tokio::sync::{Semaphore, watch};
 
 pub use client_auth::{AuthFiles, Peer, TlsState};
 pub use error::ClientError;
+pub use route::Routing;
 
 use crate::backend::ServerAddr;
 use crate::net::Stream;
@@ -81,18 +84,58 @@ pub struct Proxy {
     /// Answers SSLRequests when set; the daemon swaps it on reload, and a
     /// handshake uses the one it loaded when it began.
     tls: arc_swap::ArcSwapOption<ServerTls>,
+    /// Read/write routing; swapped on reload, read per request.
+    routing: ArcSwap<Routing>,
+    /// Statements sent to each node, by kind (SHOW POOL_NODES,
+    /// POOL_BACKEND_STATS).
+    counters: Box<[NodeCounters]>,
+    /// Client sessions past authentication.
+    sessions: std::sync::atomic::AtomicUsize,
+}
+
+/// What was sent to one node. Relaxed atomics: statistics, not
+/// synchronisation.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    pub select: AtomicU64,
+    pub insert: AtomicU64,
+    pub update: AtomicU64,
+    pub delete: AtomicU64,
+    pub ddl: AtomicU64,
+    pub other: AtomicU64,
+    pub error: AtomicU64,
+    pub fatal: AtomicU64,
+}
+
+impl NodeCounters {
+    fn count(&self, kind: crate::router::StatementKind) {
+        use crate::router::StatementKind as K;
+        let counter = match kind {
+            K::Select => &self.select,
+            K::Insert => &self.insert,
+            K::Update => &self.update,
+            K::Delete => &self.delete,
+            K::Ddl => &self.ddl,
+            K::Merge | K::Transaction | K::Other => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Proxy {
     pub fn new(settings: ProxySettings, auth: AuthFiles, pool: PoolSettings) -> Arc<Proxy> {
+        let nodes = settings.backends.len();
         Arc::new(Proxy {
             clients: Arc::new(Semaphore::new(settings.max_client_connections)),
             settings: ArcSwap::from_pointee(settings),
             auth: ArcSwap::from_pointee(auth),
             pools: Pools::new(pool),
             cancels: Arc::new(CancelMap::default()),
+            counters: (0..nodes).map(|_| NodeCounters::default()).collect(),
             cluster: TopologySource::default(),
             tls: arc_swap::ArcSwapOption::empty(),
+            routing: ArcSwap::from_pointee(Routing::primary_only()),
+            sessions: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -104,6 +147,37 @@ impl Proxy {
 
     pub fn settings(&self) -> Arc<ProxySettings> {
         self.settings.load_full()
+    }
+
+    /// How requests are routed from now on (each session reads it per
+    /// request).
+    pub fn set_routing(&self, routing: Routing) {
+        self.routing.store(Arc::new(routing));
+    }
+
+    pub(crate) fn routing(&self) -> arc_swap::Guard<Arc<Routing>> {
+        self.routing.load()
+    }
+
+    /// The latest published topology, once the daemon has one.
+    pub fn topology(&self) -> Option<Arc<crate::cluster::ClusterSnapshot>> {
+        self.cluster.0.get().map(|view| view.snapshot())
+    }
+
+    /// Per-node statement counters, by node id.
+    pub fn counters(&self) -> &[NodeCounters] {
+        &self.counters
+    }
+
+    fn count(&self, node: usize, kind: crate::router::StatementKind) {
+        if let Some(counters) = self.counters.get(node) {
+            counters.count(kind);
+        }
+    }
+
+    /// Client sessions past authentication right now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// Lets sessions follow the node table the replication monitor keeps.
@@ -254,8 +328,10 @@ impl Proxy {
             return refuse(&mut stream, &error).await;
         };
         let user = who.user.clone();
-        if let Err(error) = session::run(self.clone(), &mut stream, buf, who, startup, cancel).await
-        {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        let outcome = session::run(self.clone(), &mut stream, buf, who, startup, cancel).await;
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+        if let Err(error) = outcome {
             tracing::info!(%user, %peer, "session refused: {}", error.message);
             refuse(&mut stream, &error).await;
         }

@@ -29,11 +29,14 @@ use tokio::io::AsyncWrite;
 use super::Proxy;
 use super::cancel::{CancelHandle, CancelTarget};
 use super::error::ClientError;
+use super::route::{Need, SessionRoute};
 use super::tx_policy::{Effect, effects};
+use crate::admin::show;
 use crate::backend::{BackendCredentials, BackendError, ServerAddr};
 use crate::config::PoolMode;
 use crate::net::{READ_CHUNK, Stream};
 use crate::pool::{PoolKey, PooledConnection};
+use crate::router::Classification;
 
 /// Above this much unsent output in one direction, stop reading input for
 /// it: memory stays bounded whatever the peers do.
@@ -162,6 +165,8 @@ struct ClientStatement {
     /// The Parse body after the statement name: query, parameter types.
     rest: Bytes,
     effects: Vec<Effect>,
+    /// Where it may run (None when the session does not route).
+    class: Option<Arc<Classification>>,
 }
 
 pub(super) struct Relay<'a> {
@@ -207,6 +212,51 @@ pub(super) struct Relay<'a> {
     /// The server hit an error in the extended protocol and skips what
     /// comes before the next Sync, which the client has not sent yet.
     server_discarding: bool,
+    /// Session mode: server connections to other nodes, kept for the
+    /// session while `server` serves another node. Idle, by construction:
+    /// the relay moves only between transactions.
+    parked: Vec<Option<PooledConnection>>,
+    route: SessionRoute,
+    /// Reads may go to other nodes than the primary: requests are
+    /// classified, statements tracked, SETs replayed on every node.
+    balancing: bool,
+    /// The node the request at the head of `cin` must run on, once decided.
+    planned: Option<usize>,
+    /// The relay must move to this node before going on.
+    want_node: Option<usize>,
+    /// The planned request waits for the current server to finish.
+    blocked: bool,
+    /// Where the unnamed statement was last prepared and what it is.
+    unnamed: Option<(usize, Option<Arc<Classification>>)>,
+    /// Statements the client prepared for pgpool SHOW commands, which
+    /// pghalo answers itself.
+    show_statements: HashMap<Vec<u8>, show::ShowCommand>,
+    /// Session mode: statements the client closed that a parked
+    /// connection still holds, by node.
+    stale: Vec<(usize, String)>,
+    /// Session mode: the client discarded its session state; parked
+    /// connections still hold theirs and are given back.
+    release_parked: bool,
+}
+
+/// Where the request at the head of the client's input runs.
+enum Plan {
+    /// Not decidable yet: more of the request must arrive.
+    Wait,
+    Node(usize),
+}
+
+/// What an extended-protocol segment holds, as far as routing cares.
+#[derive(Default)]
+struct Segment {
+    /// Its Sync was seen: nothing else joins it.
+    complete: bool,
+    /// Something in it needs the primary.
+    primary: bool,
+    /// It binds a statement that exists on one node only.
+    forced: Option<usize>,
+    /// The statements it executes.
+    runs: Vec<Arc<Classification>>,
 }
 
 enum Io {
@@ -229,8 +279,11 @@ impl<'a> Relay<'a> {
         cancel: &'a CancelHandle,
         settings: ClientSettings,
         cin: BytesMut,
+        route: SessionRoute,
     ) -> Relay<'a> {
         let proxy_settings = proxy.settings();
+        let balancing = proxy.routing().load_balance;
+        let nodes = proxy_settings.backends.len();
         Relay {
             idle_limit: proxy_settings.client_idle_limit,
             max_message_len: proxy_settings.max_message_len,
@@ -259,7 +312,24 @@ impl<'a> Relay<'a> {
             statements: HashMap::new(),
             server_fatal: false,
             server_discarding: false,
+            parked: (0..nodes).map(|_| None).collect(),
+            route,
+            balancing,
+            planned: None,
+            want_node: None,
+            blocked: false,
+            unnamed: None,
+            stale: Vec::new(),
+            release_parked: false,
+            show_statements: HashMap::new(),
         }
+    }
+
+    /// Whether client statements are tracked (renamed, re-prepared where
+    /// needed) and session SETs replayed: needed when the next request may
+    /// run on another server connection.
+    fn tracking(&self) -> bool {
+        self.transaction_mode() || self.balancing
     }
 
     fn transaction_mode(&self) -> bool {
@@ -271,12 +341,70 @@ impl<'a> Relay<'a> {
         if self.server.is_some() {
             return Ok(());
         }
-        let mut pooled = self
+        let pooled = match self.parked.get_mut(self.key.node).and_then(Option::take) {
+            Some(mut parked) => {
+                let node = self.key.node;
+                let stale: Vec<String> = self
+                    .stale
+                    .iter()
+                    .filter(|(n, _)| *n == node)
+                    .map(|(_, name)| name.clone())
+                    .collect();
+                self.stale.retain(|(n, _)| *n != node);
+                if let Some(conn) = parked.get() {
+                    for name in stale {
+                        let sql = format!("DEALLOCATE \"{}\"", name.replace('"', "\"\""));
+                        conn.execute(&sql)
+                            .await
+                            .map_err(|e| ClientError::from_backend(&e))?;
+                    }
+                }
+                parked
+            }
+            None => self
+                .proxy
+                .pools
+                .checkout(&self.key, &self.addr, &self.credentials)
+                .await
+                .map_err(ClientError::from)?,
+        };
+        self.adopt(pooled).await
+    }
+
+    /// Moves the session to `node` between requests: the current server
+    /// connection is parked (session mode) or released (transaction mode).
+    async fn switch_to(&mut self, node: usize) -> Result<(), ClientError> {
+        if self.server.is_some() && self.key.node == node {
+            return Ok(());
+        }
+        let addr = self
             .proxy
-            .pools
-            .checkout(&self.key, &self.addr, &self.credentials)
-            .await
-            .map_err(ClientError::from)?;
+            .settings()
+            .backends
+            .get(node)
+            .cloned()
+            .ok_or_else(|| ClientError::fatal(SqlState::CONNECTION_FAILURE, "no such backend"))?;
+        if let Some(current) = self.server.take() {
+            self.cancel.set_target(None);
+            if self.transaction_mode() {
+                current.release(false).await;
+            } else if let Some(slot) = self.parked.get_mut(self.key.node) {
+                *slot = Some(current);
+            }
+        }
+        tracing::trace!(
+            client = self.cancel.pid,
+            from = self.key.node,
+            to = node,
+            "switch node"
+        );
+        self.key.node = node;
+        self.addr = addr;
+        self.attach().await
+    }
+
+    /// Makes `pooled` the session's server connection.
+    async fn adopt(&mut self, mut pooled: PooledConnection) -> Result<(), ClientError> {
         let Some(conn) = pooled.get() else {
             return Err(ClientError::fatal(
                 SqlState::INTERNAL_ERROR,
@@ -367,7 +495,13 @@ impl<'a> Relay<'a> {
             if let Some(end) = self.process_client() {
                 return end;
             }
-            if self.server.is_none() && self.needs_server() {
+            if let Some(node) = self.want_node.take() {
+                if let Err(error) = self.switch_to(node).await {
+                    return End::NoServer(error);
+                }
+                continue;
+            }
+            if self.server.is_none() && self.needs_server() && self.planned.is_none() {
                 if let Err(error) = self.attach().await {
                     return End::NoServer(error);
                 }
@@ -377,6 +511,19 @@ impl<'a> Relay<'a> {
             }
             if let Err(end) = self.process_server() {
                 return end;
+            }
+            if self.route.wants_write_position() && self.in_sync() && self.tx_status == b'I' {
+                self.read_write_position().await;
+            }
+            if self.release_parked && self.in_sync() {
+                self.release_parked = false;
+                self.stale.clear();
+                for parked in std::mem::take(&mut self.parked).into_iter().flatten() {
+                    parked.release(true).await;
+                }
+                self.parked = (0..self.proxy.settings().backends.len())
+                    .map(|_| None)
+                    .collect();
             }
             if self.transaction_mode()
                 && self.server.is_some()
@@ -412,6 +559,42 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// Nothing outstanding on the server connection: the next request may
+    /// go elsewhere.
+    fn in_sync(&self) -> bool {
+        self.queue.is_empty()
+            && !self.unsynced
+            && self.sout.is_empty()
+            && self.server_skip == 0
+            && self.client_skip == 0
+            && !self.server_discarding
+    }
+
+    /// Read-your-writes: the primary's WAL position once the session's
+    /// write is over (committed or not: a position past a rollback only
+    /// keeps reads on the primary a little longer).
+    async fn read_write_position(&mut self) {
+        let primary = self
+            .proxy
+            .topology()
+            .and_then(|s| s.primary)
+            .map_or_else(|| self.proxy.primary_node(), |id| id.index());
+        if self.key.node != primary {
+            return;
+        }
+        let Some(conn) = self.server.as_mut().and_then(|p| p.get()) else {
+            return;
+        };
+        let lsn = match conn.query_value("SELECT pg_current_wal_lsn()").await {
+            Ok(value) => value.and_then(|v| v.parse().ok()),
+            Err(e) => {
+                tracing::debug!("reading the primary's WAL position failed: {e}");
+                None
+            }
+        };
+        self.route.wrote_up_to(lsn);
+    }
+
     /// Whether buffered client input must go to a server.
     fn needs_server(&self) -> bool {
         self.client_skip > 0 || self.cin.len() >= 5 && !self.skip_until_sync
@@ -419,7 +602,9 @@ impl<'a> Relay<'a> {
 
     /// One readiness poll of everything the relay may do next.
     async fn poll_io(&mut self) -> Io {
-        let read_client = self.cout.len() < HIGH_WATER && self.sout.len() < HIGH_WATER;
+        let read_client = self.cout.len() < HIGH_WATER
+            && self.sout.len() < HIGH_WATER
+            && !(self.blocked && self.cin.len() >= HIGH_WATER);
         let read_server = self.cout.len() < HIGH_WATER;
         let idle = self
             .idle_limit
@@ -516,12 +701,35 @@ impl<'a> Relay<'a> {
             // Everything below needs a server connection (the caller
             // attaches one and calls again), except preparing a statement
             // some server has already accepted.
-            if self.server.is_none() {
-                if self.answer_known_prepare() {
-                    continue;
-                }
-                return None;
+            if self.server.is_none() && self.answer_known_prepare() {
+                continue;
             }
+            if self.planned.is_none() && self.request_starts(tag) {
+                match self.answer_show(tag, total) {
+                    None => return None,
+                    Some(true) => continue,
+                    Some(false) => {}
+                }
+                match self.plan_request(tag, total) {
+                    Plan::Wait => return None,
+                    Plan::Node(node) => self.planned = Some(node),
+                }
+            }
+            if let Some(node) = self.planned {
+                if self.server.is_none() || self.key.node != node {
+                    if self.server.is_none() || (self.in_sync() && self.tx_status == b'I') {
+                        self.want_node = Some(node);
+                    } else {
+                        // Replies to earlier requests are still coming
+                        // from the current node.
+                        self.blocked = true;
+                    }
+                    return None;
+                }
+                self.planned = None;
+                self.blocked = false;
+            }
+            self.server.as_ref()?;
             if !FRONTEND_TAGS.contains(&tag) {
                 // As PostgreSQL answers it; forwarding it would leave the
                 // server's FATAL on a connection another client may get.
@@ -545,6 +753,407 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// pgpool's SHOW commands (SHOW POOL_NODES...), answered here, over
+    /// the simple protocol and over an extended-protocol segment made of
+    /// nothing else. Some(true): answered and consumed; Some(false): not
+    /// one; None: the Query has not fully arrived.
+    fn answer_show(&mut self, tag: u8, total: usize) -> Option<bool> {
+        match tag {
+            fe::QUERY => {
+                let body = self.cin.get(5..total)?;
+                let sql = body.strip_suffix(&[0]).unwrap_or(body);
+                let Some(command) = show::parse_show(sql) else {
+                    return Some(false);
+                };
+                let mut reply = BytesMut::new();
+                self.write_show(command, &mut reply, true);
+                be::write_ready_for_query(&mut reply, self.client_tx_status());
+                self.cin.advance(total);
+                self.queue.push_back(Expect::Synthetic(reply.freeze()));
+                self.emit_synthetic();
+                Some(true)
+            }
+            fe::PARSE | fe::BIND => Some(self.answer_show_segment()),
+            _ => Some(false),
+        }
+    }
+
+    fn client_tx_status(&self) -> TransactionStatus {
+        TransactionStatus::from_byte(self.tx_status).unwrap_or(TransactionStatus::Idle)
+    }
+
+    /// RowDescription (if `describe`), DataRows and CommandComplete of a
+    /// SHOW, or an error in their place.
+    fn write_show(&mut self, command: show::ShowCommand, out: &mut BytesMut, describe: bool) {
+        let result = self.render_show(command);
+        let start = out.len();
+        let written = if describe {
+            result.write(out)
+        } else {
+            result
+                .write_data_rows(out)
+                .and_then(|()| result.write_command_complete(out))
+        };
+        if let Err(e) = written {
+            out.truncate(start);
+            ClientError {
+                severity: be::Severity::Error,
+                code: SqlState::INTERNAL_ERROR,
+                message: format!("cannot send SHOW {}: {e}", command.name()),
+                detail: None,
+            }
+            .write(out);
+        }
+    }
+
+    fn render_show(&mut self, command: show::ShowCommand) -> show::ShowResult {
+        let routing = self.proxy.routing();
+        if self.balancing
+            && let Some(snapshot) = self.proxy.topology()
+        {
+            // pgpool picks a session's load-balance node when it starts:
+            // SHOW POOL_NODES shows it even before the first read.
+            self.route.ensure_read_node(&snapshot, &routing);
+        }
+        let snapshot = self.proxy.topology().unwrap_or_else(|| {
+            Arc::new(crate::cluster::ClusterSnapshot {
+                epoch: crate::cluster::Epoch::ZERO,
+                generation: 0,
+                primary: None,
+                nodes: Vec::new(),
+            })
+        });
+        let counts: Vec<show::NodeCounts> = self
+            .proxy
+            .counters()
+            .iter()
+            .map(|c| {
+                let get =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                show::NodeCounts {
+                    select: get(&c.select),
+                    insert: get(&c.insert),
+                    update: get(&c.update),
+                    delete: get(&c.delete),
+                    ddl: get(&c.ddl),
+                    other: get(&c.other),
+                    panic: 0,
+                    fatal: get(&c.fatal),
+                    error: get(&c.error),
+                }
+            })
+            .collect();
+        let pools: Vec<show::PoolStat> = self
+            .proxy
+            .pools
+            .stats()
+            .into_iter()
+            .map(|(key, idle, in_use, waiting, max)| show::PoolStat {
+                node: key.node,
+                database: key.database,
+                user: key.user,
+                idle,
+                in_use,
+                waiting,
+                max,
+            })
+            .collect();
+        show::render(
+            command,
+            &show::ShowContext {
+                snapshot: &snapshot,
+                counts: &counts,
+                load_balance_node: self.route.read_node().map(|id| id.index()),
+                pools: &pools,
+                sessions: self.proxy.sessions(),
+                lag_limits: routing.constraints.limits,
+            },
+        )
+    }
+
+    /// An extended-protocol segment that only prepares, describes and runs
+    /// pgpool SHOW commands, up to its Sync: answered whole. Mixed with
+    /// other statements, a SHOW goes to the server, which rejects it.
+    fn answer_show_segment(&mut self) -> bool {
+        // First pass: is it one, whole?
+        let mut statements: Vec<(Vec<u8>, show::ShowCommand)> = Vec::new();
+        let mut portals: Vec<(Vec<u8>, show::ShowCommand)> = Vec::new();
+        let known = |list: &[(Vec<u8>, show::ShowCommand)], name: &[u8]| {
+            list.iter()
+                .rev()
+                .find(|(n, _)| n[..] == name[..])
+                .map(|(_, c)| *c)
+        };
+        let mut replies = BytesMut::new();
+        let mut at = 0;
+        loop {
+            let Some(header) = self.cin.get(at..at + 5) else {
+                return false;
+            };
+            let tag = header[0];
+            let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+            let Some(total) = usize::try_from(len).ok().map(|l| l + 1) else {
+                return false;
+            };
+            let Some(body) = self.cin.get(at + 5..at + total) else {
+                return false;
+            };
+            let statement = |name: &[u8], list: &[(Vec<u8>, show::ShowCommand)]| {
+                known(list, name).or_else(|| self.show_statements.get(name).copied())
+            };
+            match tag {
+                fe::PARSE => {
+                    let Ok(parse) = fe::Parse::parse(body) else {
+                        return false;
+                    };
+                    let Some(command) = show::parse_show(parse.query.as_bytes()) else {
+                        return false;
+                    };
+                    statements.push((parse.name.as_bytes().to_vec(), command));
+                    be::write_parse_complete(&mut replies);
+                }
+                fe::BIND => {
+                    let Ok(bind) = Bind::parse(body) else {
+                        return false;
+                    };
+                    let Some(command) = statement(bind.statement.as_bytes(), &statements) else {
+                        return false;
+                    };
+                    portals.push((bind.portal.as_bytes().to_vec(), command));
+                    be::write_bind_complete(&mut replies);
+                }
+                fe::DESCRIBE => {
+                    let Ok(target) = fe::TargetName::parse_describe(body) else {
+                        return false;
+                    };
+                    let name = target.name.as_bytes();
+                    let command = if target.target == fe::Target::Statement {
+                        statement(name, &statements)
+                    } else {
+                        known(&portals, name)
+                    };
+                    let Some(command) = command else {
+                        return false;
+                    };
+                    if target.target == fe::Target::Statement {
+                        // ParameterDescription: no parameters.
+                        replies.extend_from_slice(b"t\0\0\0\x06\0\0");
+                    }
+                    if self
+                        .render_show(command)
+                        .write_row_description(&mut replies)
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                fe::EXECUTE => {
+                    let Ok(execute) = fe::Execute::parse(body) else {
+                        return false;
+                    };
+                    let Some(command) = known(&portals, execute.portal.as_bytes()) else {
+                        return false;
+                    };
+                    self.write_show(command, &mut replies, false);
+                }
+                fe::CLOSE => {
+                    let Ok(target) = fe::TargetName::parse_close(body) else {
+                        return false;
+                    };
+                    let name = target.name.as_bytes();
+                    let shown = if target.target == fe::Target::Statement {
+                        statement(name, &statements).is_some()
+                    } else {
+                        known(&portals, name).is_some()
+                    };
+                    if !shown {
+                        return false;
+                    }
+                    be::write_close_complete(&mut replies);
+                }
+                fe::FLUSH => {}
+                fe::SYNC => {
+                    be::write_ready_for_query(&mut replies, self.client_tx_status());
+                    at += total;
+                    break;
+                }
+                _ => return false,
+            }
+            at += total;
+        }
+        // Second pass: learn the names, consume, answer.
+        for (name, command) in statements {
+            if self.show_statements.len() < 1000 {
+                self.show_statements.insert(name, command);
+            }
+        }
+        self.cin.advance(at);
+        self.queue.push_back(Expect::Synthetic(replies.freeze()));
+        self.emit_synthetic();
+        true
+    }
+
+    /// Whether a message starts a request the relay may route anew.
+    fn request_starts(&self, tag: u8) -> bool {
+        match tag {
+            fe::QUERY | fe::FUNCTION_CALL => !self.unsynced,
+            fe::PARSE
+            | fe::BIND
+            | fe::DESCRIBE
+            | fe::CLOSE
+            | fe::EXECUTE
+            | fe::FLUSH
+            | fe::SYNC => !self.unsynced && !self.server_discarding,
+            _ => false,
+        }
+    }
+
+    /// Decides where the request at the head of `cin` runs, and learns
+    /// what it does to the session.
+    fn plan_request(&mut self, tag: u8, total: usize) -> Plan {
+        if !self.balancing {
+            return Plan::Node(self.key.node);
+        }
+        let routing = self.proxy.routing();
+        let in_transaction = self.tx_status != b'I';
+        // What decides the node, and what runs.
+        let mut need = Need::Read;
+        let mut runs: Vec<Arc<Classification>> = Vec::new();
+        let mut forced = None;
+        match tag {
+            fe::QUERY => {
+                let Some(body) = self.cin.get(5..total) else {
+                    return Plan::Wait;
+                };
+                let sql = body.strip_suffix(&[0]).unwrap_or(body);
+                let class = routing.classifier.classify(sql);
+                need = self.route.need(sql, &class, &routing);
+                runs.push(class);
+            }
+            fe::FUNCTION_CALL => need = Need::Primary,
+            _ => {
+                let segment = self.scan_segment(&routing);
+                if !segment.complete || segment.primary {
+                    need = Need::Primary;
+                }
+                forced = segment.forced;
+                runs = segment.runs;
+            }
+        }
+        let node = if in_transaction {
+            self.key.node
+        } else if let Some(node) = forced {
+            node
+        } else if runs.is_empty() && need == Need::Read {
+            // Nothing runs (a lone Sync, a Describe): wherever the session is.
+            self.key.node
+        } else {
+            let snapshot = self.proxy.topology();
+            snapshot
+                .and_then(|s| self.route.node(need, &s, &routing))
+                .map_or_else(|| self.proxy.primary_node(), |id| id.index())
+        };
+        let opens = runs
+            .iter()
+            .any(|c| matches!(c.transaction, Some(crate::router::TxControl::Begin(_))));
+        for class in &runs {
+            self.proxy.count(node, class.kind);
+            self.route.note(class, in_transaction || opens, &routing);
+        }
+        Plan::Node(node)
+    }
+
+    /// Reads the extended-protocol segment at the head of `cin`, up to its
+    /// Sync, without consuming it.
+    fn scan_segment(&self, routing: &super::Routing) -> Segment {
+        let mut segment = Segment::default();
+        // Statements parsed in this segment: (name, classification).
+        let mut parsed: Vec<(Bytes, Arc<Classification>)> = Vec::new();
+        let mut at = 0;
+        while let Some(header) = self.cin.get(at..at + 5) {
+            let tag = header[0];
+            let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+            let Some(total) = usize::try_from(len).ok().map(|l| l + 1) else {
+                return segment;
+            };
+            let Some(body) = self.cin.get(at + 5..at + total) else {
+                return segment;
+            };
+            match tag {
+                fe::PARSE => {
+                    let Ok(parse) = fe::Parse::parse(body) else {
+                        return segment;
+                    };
+                    let sql = parse.query.as_bytes();
+                    let class = routing.classifier.classify(sql);
+                    if self.route.need(sql, &class, routing) == Need::Primary {
+                        segment.primary = true;
+                    }
+                    parsed.push((Bytes::copy_from_slice(parse.name.as_bytes()), class));
+                }
+                fe::BIND | fe::DESCRIBE => {
+                    let name = if tag == fe::BIND {
+                        let Ok(bind) = Bind::parse(body) else {
+                            return segment;
+                        };
+                        bind.statement.as_bytes().to_vec()
+                    } else {
+                        match fe::TargetName::parse_describe(body) {
+                            Ok(t) if t.target == fe::Target::Statement => {
+                                t.name.as_bytes().to_vec()
+                            }
+                            Ok(_) => Vec::new(),
+                            Err(_) => return segment,
+                        }
+                    };
+                    let portal_describe = tag == fe::DESCRIBE && name.is_empty();
+                    if !portal_describe {
+                        let class = match parsed.iter().rev().find(|(n, _)| n[..] == name[..]) {
+                            Some((_, class)) => Some(class.clone()),
+                            None if name.is_empty() => {
+                                // Prepared by an earlier segment: it exists
+                                // only where that ran.
+                                match &self.unnamed {
+                                    Some((node, class)) => {
+                                        segment.forced = Some(*node);
+                                        class.clone()
+                                    }
+                                    None => None,
+                                }
+                            }
+                            None => self
+                                .statements
+                                .get(String::from_utf8_lossy(&name).as_ref())
+                                .and_then(|s| s.class.clone()),
+                        };
+                        match class {
+                            Some(class) => {
+                                if self.route.need(b"", &class, routing) == Need::Primary {
+                                    segment.primary = true;
+                                }
+                                if tag == fe::BIND {
+                                    segment.runs.push(class);
+                                }
+                            }
+                            // Not tracked: who knows what it does.
+                            None => segment.primary = true,
+                        }
+                    }
+                }
+                fe::EXECUTE | fe::CLOSE => {}
+                fe::SYNC => {
+                    segment.complete = true;
+                    return segment;
+                }
+                // Flush: the client waits for replies before sending the
+                // rest, which may write: not known, so the primary.
+                _ => return segment,
+            }
+            at += total;
+        }
+        segment
+    }
+
     fn client_message(&mut self, tag: u8, message: Bytes) -> Result<(), End> {
         if self.server_discarding && tag != fe::SYNC {
             // The server ignores everything up to Sync after an error in
@@ -558,14 +1167,20 @@ impl<'a> Relay<'a> {
                 let sql = fe::Query::parse(&body)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?
                     .sql;
-                let list = if self.transaction_mode() {
+                let list = if self.tracking() {
                     effects(&sql.to_string_lossy())
                 } else {
                     Vec::new()
                 };
-                if let Some(reason) = refusal(&list) {
+                if self.transaction_mode()
+                    && let Some(reason) = refusal(&list)
+                {
                     self.refuse(&reason, false);
                     return Ok(());
+                }
+                self.route.note_effects(&list);
+                if !self.transaction_mode() && list.iter().any(|e| matches!(e, Effect::Discard)) {
+                    self.release_parked = true;
                 }
                 self.sout.extend_from_slice(&message);
                 self.queue.push_back(Expect::Query {
@@ -593,10 +1208,19 @@ impl<'a> Relay<'a> {
                 self.unsynced = true;
                 let target = fe::TargetName::parse_close(&body)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?;
-                let named_statement = self.transaction_mode()
+                let named_statement = self.tracking()
                     && target.target == fe::Target::Statement
                     && !target.name.as_bytes().is_empty();
-                if named_statement {
+                if named_statement && !self.transaction_mode() {
+                    // Session mode keeps the client's names: closed on this
+                    // node by the server, on the others before their next
+                    // use.
+                    let name = String::from_utf8_lossy(target.name.as_bytes()).into_owned();
+                    self.statements.remove(&name);
+                    self.forget_everywhere(&name);
+                    self.sout.extend_from_slice(&message);
+                    self.queue.push_back(Expect::Close);
+                } else if named_statement {
                     // The server keeps it for whoever prepares the same
                     // statement next; the client sees it closed.
                     self.statements
@@ -660,12 +1284,16 @@ impl<'a> Relay<'a> {
         if list.iter().any(|e| !matches!(e, Effect::Plain)) {
             return false;
         }
+        let class = self
+            .balancing
+            .then(|| self.proxy.routing().classifier.classify(query_of(&rest)));
         self.statements.insert(
             name,
             ClientStatement {
                 server_name,
                 rest,
                 effects: list,
+                class,
             },
         );
         self.cin.advance(parse_len + 5);
@@ -677,17 +1305,29 @@ impl<'a> Relay<'a> {
     fn client_parse(&mut self, message: Bytes, body: &Bytes) -> Result<(), End> {
         self.unsynced = true;
         let parse = fe::Parse::parse(body).map_err(|e| End::ClientProtocol(e.to_string()))?;
-        let list = if self.transaction_mode() {
+        let list = if self.tracking() {
             effects(&parse.query.to_string_lossy())
         } else {
             Vec::new()
         };
-        if let Some(reason) = refusal(&list) {
+        if self.transaction_mode()
+            && let Some(reason) = refusal(&list)
+        {
             self.refuse(&reason, true);
             return Ok(());
         }
+        self.route.note_effects(&list);
+        let class = self.balancing.then(|| {
+            self.proxy
+                .routing()
+                .classifier
+                .classify(parse.query.as_bytes())
+        });
         let name = parse.name.as_bytes();
-        if !self.transaction_mode() || name.is_empty() {
+        if name.is_empty() {
+            self.unnamed = Some((self.key.node, class.clone()));
+        }
+        if !self.tracking() || name.is_empty() {
             self.pipeline_effects.extend(list);
             self.sout.extend_from_slice(&message);
             self.queue.push_back(Expect::Parse {
@@ -699,14 +1339,19 @@ impl<'a> Relay<'a> {
         // Named, in transaction mode: one server-side name per distinct
         // statement, shared by every client that prepares it.
         let rest = body.slice(name.len() + 1..);
-        let server_name = server_statement_name(&rest);
         let client_name = String::from_utf8_lossy(name).into_owned();
+        let server_name = if self.transaction_mode() {
+            server_statement_name(&rest)
+        } else {
+            client_name.clone()
+        };
         self.statements.insert(
             client_name,
             ClientStatement {
                 server_name: server_name.clone(),
                 rest: rest.clone(),
                 effects: list.clone(),
+                class,
             },
         );
         self.pipeline_effects.extend(list);
@@ -715,7 +1360,9 @@ impl<'a> Relay<'a> {
             .as_mut()
             .and_then(|p| p.get())
             .is_some_and(|c| c.prepared.contains(&server_name));
-        if prepared {
+        // In session mode the name is the client's own: the server must
+        // see the Parse (and refuse a duplicate, as it would directly).
+        if prepared && self.transaction_mode() {
             let mut reply = BytesMut::new();
             be::write_parse_complete(&mut reply);
             self.queue.push_back(Expect::Synthetic(reply.freeze()));
@@ -756,7 +1403,7 @@ impl<'a> Relay<'a> {
         target: fe::Target,
         name: &[u8],
     ) -> Option<(String, Bytes, Vec<Effect>)> {
-        if !self.transaction_mode() || target != fe::Target::Statement || name.is_empty() {
+        if !self.tracking() || target != fe::Target::Statement || name.is_empty() {
             return None;
         }
         self.statements
@@ -789,6 +1436,22 @@ impl<'a> Relay<'a> {
             swallow: true,
             server_name: Some(server_name.to_string()),
         });
+    }
+
+    /// A session-mode statement the client closed: gone from this server
+    /// connection, and to be deallocated on parked ones before they serve
+    /// again.
+    fn forget_everywhere(&mut self, name: &str) {
+        if let Some(conn) = self.server.as_mut().and_then(|p| p.get()) {
+            conn.prepared.remove(name);
+        }
+        for (node, slot) in self.parked.iter_mut().enumerate() {
+            if let Some(conn) = slot.as_mut().and_then(|p| p.get())
+                && conn.prepared.remove(name)
+            {
+                self.stale.push((node, name.to_owned()));
+            }
+        }
     }
 
     fn mark_prepared(&mut self, server_name: &str) {
@@ -1036,6 +1699,7 @@ impl<'a> Relay<'a> {
         }
         self.pipeline_failed = false;
         if status == b'I' && before != b'I' {
+            self.route.transaction_ended();
             // The transaction is over; whatever decided its SETs' fate has
             // been seen (COMMIT or ROLLBACK tags); nothing stays pending.
             self.pending_effects.clear();
@@ -1089,8 +1753,11 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Leaves the server connection clean for the next client, or closed.
+    /// Leaves the server connections clean for the next client, or closed.
     async fn finish(&mut self, end: &End) {
+        for parked in std::mem::take(&mut self.parked).into_iter().flatten() {
+            parked.release(self.mode == PoolMode::Session).await;
+        }
         let reply = match end {
             End::ServerGone if self.server_fatal => None,
             End::ServerGone => Some(ClientError::fatal(

@@ -12,6 +12,7 @@ use super::cancel::CancelHandle;
 use super::client_auth::Authenticated;
 use super::error::ClientError;
 use super::relay::{ClientSettings, Relay};
+use super::route::{SessionIdentity, SessionRoute};
 use super::startup_params::requested_settings;
 use crate::net::Stream;
 use crate::pool::PoolKey;
@@ -35,6 +36,11 @@ pub(super) async fn run(
         user: who.user.clone(),
     };
     let wanted = ClientSettings::new(requested_settings(&startup)?);
+    let route = SessionRoute::new(SessionIdentity {
+        database: who.database.clone(),
+        user: who.user.clone(),
+        application_name: startup.param("application_name").map(str::to_owned),
+    });
     let mut relay = Relay::new(
         proxy.clone(),
         settings.pool_mode,
@@ -45,6 +51,7 @@ pub(super) async fn run(
         &cancel,
         wanted,
         client_buf,
+        route,
     );
     // The first server connection proves the settings are valid and gives
     // the ParameterStatus values the client expects before its first query.

@@ -14,9 +14,12 @@
 //! - `functions.rs`: which function calls keep a read on the primary
 //!   (built-in writers, pgpool's function lists, volatility).
 //! - `cache.rs`: the bounded classification cache.
+//! - `choose.rs`: which node serves a read (weights, lag, read-your-writes,
+//!   redirect preferences).
 //! - `corpus.txt`: the statements the classifier is tested against.
 
 mod cache;
+pub mod choose;
 pub mod classify;
 pub mod functions;
 pub mod lexer;
@@ -24,6 +27,7 @@ mod prescan;
 mod walk;
 
 pub use cache::CacheStats;
+pub use choose::{ReadConstraints, choose_read_node, read_node_now};
 pub use classify::{
     Classification, Classifier, ClassifierConfig, Hint, Isolation, PgQueryClassifier, Reason,
     Route, RouteSetting, StatementKind, TxControl, TxMode,
