@@ -134,7 +134,8 @@ impl ClientSettings {
         let mut sql = super::startup_params::set_statements(&self.startup, &BTreeMap::new());
         for statement in self.sets.values() {
             sql.push_str(statement);
-            sql.push(';');
+            // The client's text may end in a `--` comment.
+            sql.push_str("\n;");
         }
         sql
     }

@@ -45,8 +45,9 @@ use super::tx_policy::Effect;
 /// reload.
 pub struct Routing {
     pub classifier: Arc<dyn Classifier>,
-    /// load_balance_mode, and more than one backend: without it nothing is
-    /// classified and every request goes to the primary.
+    /// load_balance_mode, more than one backend and the replication
+    /// monitor on: without it nothing is classified and every request goes
+    /// to the primary.
     pub load_balance: bool,
     pub statement_level: bool,
     pub on_write: DisableLoadBalanceOnWrite,
@@ -106,7 +107,11 @@ impl Routing {
         let sr = &config.streaming_replication;
         Routing {
             classifier: Arc::new(classifier),
-            load_balance: lb.load_balance_mode && config.backends.len() > 1,
+            // Without the monitor no node is known to be a standby: every
+            // request would end on the primary, classified for nothing.
+            load_balance: lb.load_balance_mode
+                && config.backends.len() > 1
+                && !sr.sr_check_user.is_empty(),
             statement_level: lb.statement_level_load_balance,
             on_write: lb.disable_load_balance_on_write,
             read_your_writes: lb.read_your_writes,

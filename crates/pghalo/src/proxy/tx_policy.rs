@@ -63,10 +63,11 @@ fn effect(stmt: &Statement<'_>) -> Effect {
             None => refuse("this SET"),
         },
         ["reset", "all", ..] => Effect::Reset(None),
-        ["reset", ..] => match stmt.tokens.get(1) {
-            Some(Token::Word(name)) => Effect::Reset(Some(name.clone())),
-            Some(Token::Quoted(name)) => Effect::Reset(Some(name.to_lowercase())),
-            _ => refuse("this RESET"),
+        // The same spelling rules as SET's target (dotted custom names,
+        // TIME ZONE...), so that the RESET finds the SET it undoes.
+        ["reset", ..] => match set_target(stmt) {
+            Some(name) => Effect::Reset(Some(name)),
+            None => refuse("this RESET"),
         },
         ["discard", ..] => Effect::Discard,
         ["prepare", "transaction", ..] => Effect::Plain,
@@ -167,6 +168,14 @@ mod tests {
             Effect::Plain
         );
         assert_eq!(one("RESET ALL"), Effect::Reset(None));
+        assert_eq!(
+            one("RESET pghalo.route"),
+            Effect::Reset(Some("pghalo.route".into()))
+        );
+        assert_eq!(
+            one("RESET \"MyApp\".x -- note"),
+            Effect::Reset(Some("myapp.x".into()))
+        );
         assert_eq!(
             one("reset work_mem"),
             Effect::Reset(Some("work_mem".into()))

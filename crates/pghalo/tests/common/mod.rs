@@ -354,3 +354,128 @@ pub fn psql(pgpass: &Path, port: u16, user: &str, args: &[&str], stdin: &str) ->
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+// --- Routing tests: databases, monitored proxies, replay waits ------------
+
+/// libpq-style connection string to `port` as `user`, database `db`.
+pub fn conninfo_db(port: u16, user: &str, password: &str, db: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={port} user={user} password={password} dbname={db} connect_timeout=10"
+    )
+}
+
+/// A superuser session straight to one lab node, database `db`.
+pub async fn node_client(lab: &Lab, node: &str, db: &str) -> tokio_postgres::Client {
+    let port = lab
+        .node(node)
+        .unwrap_or_else(|| panic!("no node {node}"))
+        .port;
+    pg_connect(&conninfo_db(port, "postgres", &lab.secrets.postgres, db))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {node}/{db}: {e}"))
+}
+
+/// The `[streaming_replication]` section that turns the replication monitor
+/// on as the lab's `pghalo` user, checking every 200 ms; `extra` holds more
+/// keys of that section (`delay_threshold = "64kB"`).
+pub fn monitor_section(lab: &Lab, extra: &str) -> String {
+    format!(
+        "[streaming_replication]\nsr_check_user = \"pghalo\"\nsr_check_password = \"{}\"\nsr_check_period = \"200ms\"\nsr_check_timeout = \"2s\"\n{extra}\n",
+        lab.secrets.pghalo
+    )
+}
+
+/// A pghalo configuration in front of every node of `lab` (see
+/// `ProxyConfig::write`; any client may log in with SCRAM), with
+/// `sections` (whole TOML tables such as `[load_balance]`) placed before
+/// the backends, and backend `i` given `weights[i]` when there is one.
+pub fn routing_config(lab: &Lab, tag: &str, sections: &str, weights: &[f64]) -> ProxyConfig {
+    let config = ProxyConfig::write(
+        lab,
+        tag,
+        "",
+        "",
+        "host all all 127.0.0.1/32 scram-sha-256\n",
+        None,
+    );
+    let text = std::fs::read_to_string(config.path()).expect("reading pghalo.toml");
+    let at = text.find("[[backend]]").expect("backends in pghalo.toml");
+    let mut out = format!("{}{sections}\n", &text[..at]);
+    for (i, node) in lab.manifest.nodes.iter().enumerate() {
+        out.push_str(&format!(
+            "[[backend]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            node.name, node.port
+        ));
+        if let Some(weight) = weights.get(i) {
+            out.push_str(&format!("weight = {weight}\n"));
+        }
+        out.push('\n');
+    }
+    write_file(&config.path(), &out);
+    config
+}
+
+/// A libpq password file (mode 0600) in `dir` for `user` on 127.0.0.1:`port`,
+/// for `psql` against an in-process pghalo.
+pub fn pgpass_for(dir: &Path, port: u16, user: &str, password: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("pgpass-{port}"));
+    write_file(&path, &format!("127.0.0.1:{port}:*:{user}:{password}\n"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod pgpass");
+    path
+}
+
+/// Waits until the daemon's replication monitor has found node0 the primary
+/// and every other node an up standby whose replay LSN it knows.
+pub async fn wait_for_topology(
+    daemon: &pghalo::daemon::Daemon,
+    limit: Duration,
+) -> std::sync::Arc<pghalo::cluster::ClusterSnapshot> {
+    use pghalo::cluster::{NodeId, Role, Status};
+    daemon
+        .cluster()
+        .view()
+        .wait_for(limit, |s| {
+            s.primary == Some(NodeId(0))
+                && s.nodes.iter().all(|n| n.status == Status::Up)
+                && s.nodes[1..]
+                    .iter()
+                    .all(|n| n.role == Role::Standby && n.lsn.replay.is_some())
+        })
+        .await
+        .unwrap_or_else(|last| panic!("the monitor never saw the lab's topology: {last:?}"))
+}
+
+/// Waits until every standby of `lab` has replayed all the WAL the primary
+/// (node0) had written when this was called; asks the nodes directly.
+pub async fn wait_for_replay(lab: &Lab, limit: Duration) {
+    let primary = node_client(lab, "node0", "postgres").await;
+    let lsn: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("primary LSN")
+        .get(0);
+    for node in &lab.manifest.nodes[1..] {
+        let client = node_client(lab, &node.name, "postgres").await;
+        let deadline = Instant::now() + limit;
+        loop {
+            let done: bool = client
+                .query_one(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                    &[&lsn],
+                )
+                .await
+                .expect("standby replay LSN")
+                .get(0);
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} has not replayed up to {lsn} within {limit:?}",
+                node.name
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
