@@ -145,6 +145,16 @@ impl ClientSettings {
             Effect::Set { name, statement } => {
                 self.sets.insert(name.clone(), statement.clone());
             }
+            // A custom (dotted) parameter, once set, stays defined with an
+            // empty value after RESET: other nodes must define it too.
+            Effect::Reset(Some(name)) if name.contains('.') => {
+                let quoted: Vec<String> = name
+                    .split('.')
+                    .map(super::startup_params::quote_ident)
+                    .collect();
+                self.sets
+                    .insert(name.clone(), format!("RESET {}", quoted.join(".")));
+            }
             Effect::Reset(Some(name)) => {
                 self.sets.remove(name);
                 self.startup.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
