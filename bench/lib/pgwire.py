@@ -244,12 +244,24 @@ class Conn:
 
     def query(self, sql: str, timeout: float = 10.0) -> list:
         """Runs a simple query; returns rows of text values (None for NULL)."""
+        return self.query_with_columns(sql, timeout)[1]
+
+    def query_with_columns(self, sql: str, timeout: float = 10.0) -> tuple[list[str], list]:
+        """Runs a simple query; returns its column names and its rows."""
         self.sock.sendall(query_message(sql))
         deadline = time.monotonic() + timeout
+        columns: list[str] = []
         rows, error = [], None
         while True:
             kind, body = self._recv(deadline)
-            if kind == b"D":
+            if kind == b"T":
+                (count,) = struct.unpack_from("!h", body)
+                pos = 2
+                for _ in range(count):
+                    end = body.index(b"\0", pos)
+                    columns.append(body[pos:end].decode())
+                    pos = end + 1 + 18  # table oid, attnum, type oid, typlen, typmod, format
+            elif kind == b"D":
                 (count,) = struct.unpack_from("!h", body)
                 pos, row = 2, []
                 for _ in range(count):
@@ -266,7 +278,7 @@ class Conn:
             elif kind == b"Z":
                 if error:
                     raise error
-                return rows
+                return columns, rows
 
     def close(self) -> None:
         try:
