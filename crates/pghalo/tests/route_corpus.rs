@@ -397,42 +397,28 @@ type StatKey = (u32, u32, bool, i64);
 
 /// Calls per entry of `dbs`, on one node (texts left out: cheap).
 async fn stat_calls(monitor: &Client, dbs: &[u32]) -> HashMap<StatKey, i64> {
-    let dbs: Vec<i64> = dbs.iter().map(|&d| i64::from(d)).collect();
-    monitor
-        .query(
-            "SELECT dbid::oid::int8, userid::oid::int8, toplevel, queryid, calls \
-             FROM pg_stat_statements(false) WHERE dbid::oid::int8 = ANY($1)",
-            &[&dbs],
-        )
-        .await
-        .expect("reading pg_stat_statements")
-        .iter()
-        .map(|r| {
-            let db: i64 = r.get(0);
-            let user: i64 = r.get(1);
-            (
-                (
-                    u32::try_from(db).unwrap(),
-                    u32::try_from(user).unwrap(),
-                    r.get(2),
-                    r.get(3),
-                ),
-                r.get(4),
-            )
-        })
-        .collect()
+    stat_entries(monitor, dbs, "calls FROM pg_stat_statements(false)").await
 }
 
 async fn stat_texts(monitor: &Client, dbs: &[u32]) -> HashMap<StatKey, String> {
+    stat_entries(monitor, dbs, "left(query, 200) FROM pg_stat_statements").await
+}
+
+/// One value per pg_stat_statements entry of `dbs`: `value_from` is the
+/// value column and the FROM clause.
+async fn stat_entries<T>(monitor: &Client, dbs: &[u32], value_from: &str) -> HashMap<StatKey, T>
+where
+    T: for<'a> FromSql<'a>,
+{
     let dbs: Vec<i64> = dbs.iter().map(|&d| i64::from(d)).collect();
+    let sql = format!(
+        "SELECT dbid::oid::int8, userid::oid::int8, toplevel, queryid, {value_from} \
+         WHERE dbid::oid::int8 = ANY($1)"
+    );
     monitor
-        .query(
-            "SELECT dbid::oid::int8, userid::oid::int8, toplevel, queryid, left(query, 200) \
-             FROM pg_stat_statements WHERE dbid::oid::int8 = ANY($1)",
-            &[&dbs],
-        )
+        .query(&sql, &[&dbs])
         .await
-        .expect("reading pg_stat_statements texts")
+        .unwrap_or_else(|e| panic!("reading pg_stat_statements: {e}"))
         .iter()
         .map(|r| {
             let db: i64 = r.get(0);
@@ -450,7 +436,6 @@ async fn stat_texts(monitor: &Client, dbs: &[u32]) -> HashMap<StatKey, String> {
         .collect()
 }
 
-/// The entries whose calls grew from `before` to `after`, with the growth.
 fn delta(before: &HashMap<StatKey, i64>, after: &HashMap<StatKey, i64>) -> Vec<(StatKey, i64)> {
     let mut grown: Vec<(StatKey, i64)> = after
         .iter()

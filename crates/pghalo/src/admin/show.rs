@@ -335,9 +335,8 @@ const POOL_NODES_COLUMNS: [&str; 14] = [
 /// - `replication_state`, `replication_sync_state`: always empty (pghalo
 ///   does not read pg_stat_replication yet; pgpool leaves them empty too
 ///   when it cannot).
-/// - `last_status_change`: the start of the last check, which confirmed
-///   the current status; the node table does not keep the time of the
-///   change itself yet. Empty before the first check.
+/// - `last_status_change`: when the node's status or role last changed;
+///   empty while neither has.
 fn pool_nodes(ctx: &ShowContext<'_>) -> ShowResult {
     let total_weight: f64 = ctx.snapshot.nodes.iter().map(|n| n.weight).sum();
     let rows = ctx
@@ -371,7 +370,7 @@ fn pool_nodes(ctx: &ShowContext<'_>) -> ShowResult {
                 replication_delay(node, &ctx.lag_limits),
                 String::new(),
                 String::new(),
-                timestamp(node.last_check),
+                timestamp(node.status_changed),
             ])
         })
         .collect();
@@ -519,7 +518,7 @@ fn pool_health_check_stats(ctx: &ShowContext<'_>) -> ShowResult {
                 node.port.to_string(),
                 node.status.to_string(),
                 node.role.pgpool_name().to_owned(),
-                timestamp(node.last_check),
+                timestamp(node.status_changed),
                 "0".to_owned(),
                 "0".to_owned(),
                 "0".to_owned(),
@@ -826,6 +825,7 @@ mod tests {
             lag_time: None,
             last_check: None,
             last_check_duration: None,
+            status_changed: None,
             last_answer: None,
             last_error: None,
             server_version: Some(170_000),
@@ -842,6 +842,7 @@ mod tests {
             lag_bytes: Some(0),
             lag_time: Some(Duration::ZERO),
             last_check: Some(at(1_709_210_096)),
+            status_changed: Some(at(1_709_210_096)),
             last_check_duration: Some(Duration::from_micros(3_400)),
             last_answer: Some(at(1_709_210_096)),
             ..node(0, BackendHost::Tcp("10.0.0.1".into()), 5432)
@@ -853,6 +854,7 @@ mod tests {
             lag_bytes: Some(1024),
             lag_time: Some(Duration::from_micros(1_500_000)),
             last_check: Some(at(1_709_210_097)),
+            status_changed: Some(at(1_709_210_097)),
             last_check_duration: Some(Duration::from_millis(12)),
             last_answer: Some(at(1_709_210_097)),
             ..node(1, BackendHost::Tcp("10.0.0.2".into()), 5433)
@@ -861,6 +863,7 @@ mod tests {
             status: Status::Down,
             in_recovery: Some(true),
             last_check: Some(at(1_709_210_098)),
+            status_changed: Some(at(1_709_210_098)),
             last_check_duration: Some(Duration::from_secs(10)),
             last_answer: Some(at(1_709_210_090)),
             last_error: Some(CheckError::new(CheckErrorKind::Timeout, "no answer in 10s")),
@@ -1031,6 +1034,7 @@ mod tests {
         snapshot.nodes[2].status = Status::Waiting;
         snapshot.nodes[2].last_error = None;
         snapshot.nodes[2].last_check = None;
+        snapshot.nodes[2].status_changed = None;
         let mut ctx = context(&snapshot, &counts, &[]);
         ctx.lag_limits.time = Some(Duration::from_secs(1));
         ctx.load_balance_node = None;

@@ -78,6 +78,9 @@ pub struct NodeState {
     pub last_check: Option<SystemTime>,
     /// How long the last check took.
     pub last_check_duration: Option<Duration>,
+    /// When the status or the role last changed (pgpool's
+    /// last_status_change); None while neither has.
+    pub status_changed: Option<SystemTime>,
     /// When the node last answered.
     pub last_answer: Option<SystemTime>,
     /// Why the last check failed; None after an answer.

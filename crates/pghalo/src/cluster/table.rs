@@ -109,6 +109,7 @@ impl NodeTable {
                     lag_time: None,
                     last_check: None,
                     last_check_duration: None,
+                    status_changed: None,
                     last_answer: None,
                     last_error: None,
                     server_version: None,
@@ -134,6 +135,15 @@ impl NodeTable {
         let before = state.status;
         state.last_check = Some(obs.at);
         state.last_check_duration = Some(obs.elapsed);
+        let after = match &obs.outcome {
+            Ok(_) => Status::Up,
+            Err(e) if e.kind.means_down() => Status::Down,
+            // A refused login leaves the status as it was.
+            Err(_) => before,
+        };
+        if after != before {
+            state.status_changed = Some(obs.at);
+        }
         match obs.outcome {
             Ok(probe) => {
                 state.status = Status::Up;
@@ -243,8 +253,11 @@ impl NodeTable {
         }
         if !changes.is_empty() {
             self.epoch = self.epoch.next();
+            let now = std::time::SystemTime::now();
             for change in &changes {
-                self.entries[change.node.index()].state.role_epoch = self.epoch;
+                let state = &mut self.entries[change.node.index()].state;
+                state.role_epoch = self.epoch;
+                state.status_changed = Some(now);
             }
         }
         self.derive_lags();
@@ -446,6 +459,28 @@ mod tests {
             .iter()
             .filter(|n| n.role == Role::Primary)
             .count()
+    }
+
+    #[test]
+    fn status_changed_moves_only_with_the_status_or_the_role() {
+        let mut t = NodeTable::new(&backends(2, None));
+        assert_eq!(t.snapshot().nodes[1].status_changed, None);
+        let up = standby(1, 1, 900);
+        let first = up.at;
+        let s = feed(&mut t, vec![primary(0, 1, 1000), up]);
+        let changed = s.nodes[1].status_changed.unwrap();
+        assert!(changed >= first, "up, and a role: {changed:?}");
+        // Another answer, same status and role: unchanged.
+        let s = feed(&mut t, vec![standby(1, 1, 950)]);
+        assert_eq!(s.nodes[1].status_changed, Some(changed));
+        // A refused login leaves the status, and its time, alone.
+        let s = feed(&mut t, vec![failed(1, CheckErrorKind::Config)]);
+        assert_eq!(s.nodes[1].status_changed, Some(changed));
+        let down = failed(1, CheckErrorKind::Connect);
+        let at = down.at;
+        let s = feed(&mut t, vec![down]);
+        assert_eq!(s.nodes[1].status, Status::Down);
+        assert!(s.nodes[1].status_changed.unwrap() >= at);
     }
 
     #[test]

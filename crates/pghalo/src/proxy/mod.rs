@@ -103,11 +103,29 @@ pub struct NodeCounters {
     pub delete: AtomicU64,
     pub ddl: AtomicU64,
     pub other: AtomicU64,
+    /// ErrorResponses the node sent, by severity.
     pub error: AtomicU64,
     pub fatal: AtomicU64,
+    pub panic: AtomicU64,
 }
 
 impl NodeCounters {
+    /// The values now, as the SHOW commands print them.
+    pub fn snapshot(&self) -> crate::admin::show::NodeCounts {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        crate::admin::show::NodeCounts {
+            select: get(&self.select),
+            insert: get(&self.insert),
+            update: get(&self.update),
+            delete: get(&self.delete),
+            ddl: get(&self.ddl),
+            other: get(&self.other),
+            panic: get(&self.panic),
+            fatal: get(&self.fatal),
+            error: get(&self.error),
+        }
+    }
+
     fn count(&self, kind: crate::router::StatementKind) {
         use crate::router::StatementKind as K;
         let counter = match kind {
@@ -172,6 +190,18 @@ impl Proxy {
     fn count(&self, node: usize, kind: crate::router::StatementKind) {
         if let Some(counters) = self.counters.get(node) {
             counters.count(kind);
+        }
+    }
+
+    fn count_error(&self, node: usize, severity: Option<pghalo_protocol::backend::Severity>) {
+        use pghalo_protocol::backend::Severity;
+        if let Some(counters) = self.counters.get(node) {
+            let counter = match severity {
+                Some(Severity::Panic) => &counters.panic,
+                Some(Severity::Fatal) => &counters.fatal,
+                _ => &counters.error,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 

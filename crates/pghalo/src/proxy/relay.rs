@@ -238,7 +238,7 @@ pub(super) struct Relay<'a> {
     /// The planned request waits for the current server to finish.
     blocked: bool,
     /// Where the unnamed statement was last prepared and what it is.
-    unnamed: Option<(usize, Option<Arc<Classification>>)>,
+    unnamed: Option<(usize, Option<Routed>)>,
     /// Statements the client prepared for pgpool SHOW commands, which
     /// pghalo answers itself.
     show_statements: HashMap<Vec<u8>, show::ShowCommand>,
@@ -249,6 +249,9 @@ pub(super) struct Relay<'a> {
     /// connections still hold theirs and are given back.
     release_parked: bool,
 }
+
+/// A statement's text and what the classifier made of it.
+type Routed = (Bytes, Arc<Classification>);
 
 /// Where the request at the head of the client's input runs.
 enum Plan {
@@ -529,12 +532,11 @@ impl<'a> Relay<'a> {
             if self.release_parked && self.in_sync() {
                 self.release_parked = false;
                 self.stale.clear();
-                for parked in std::mem::take(&mut self.parked).into_iter().flatten() {
-                    parked.release(true).await;
+                for slot in &mut self.parked {
+                    if let Some(parked) = slot.take() {
+                        parked.release(true).await;
+                    }
                 }
-                self.parked = (0..self.proxy.settings().backends.len())
-                    .map(|_| None)
-                    .collect();
             }
             if self.transaction_mode()
                 && self.server.is_some()
@@ -834,26 +836,8 @@ impl<'a> Relay<'a> {
                 nodes: Vec::new(),
             })
         });
-        let counts: Vec<show::NodeCounts> = self
-            .proxy
-            .counters()
-            .iter()
-            .map(|c| {
-                let get =
-                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-                show::NodeCounts {
-                    select: get(&c.select),
-                    insert: get(&c.insert),
-                    update: get(&c.update),
-                    delete: get(&c.delete),
-                    ddl: get(&c.ddl),
-                    other: get(&c.other),
-                    panic: 0,
-                    fatal: get(&c.fatal),
-                    error: get(&c.error),
-                }
-            })
-            .collect();
+        let counts: Vec<show::NodeCounts> =
+            self.proxy.counters().iter().map(|c| c.snapshot()).collect();
         let pools: Vec<show::PoolStat> = self
             .proxy
             .pools
@@ -898,15 +882,7 @@ impl<'a> Relay<'a> {
         let mut replies = BytesMut::new();
         let mut at = 0;
         loop {
-            let Some(header) = self.cin.get(at..at + 5) else {
-                return false;
-            };
-            let tag = header[0];
-            let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-            let Some(total) = usize::try_from(len).ok().map(|l| l + 1) else {
-                return false;
-            };
-            let Some(body) = self.cin.get(at + 5..at + total) else {
+            let Some((tag, body, total)) = whole_message(&self.cin, at) else {
                 return false;
             };
             let statement = |name: &[u8], list: &[(Vec<u8>, show::ShowCommand)]| {
@@ -1078,17 +1054,28 @@ impl<'a> Relay<'a> {
     /// Sync, without consuming it.
     fn scan_segment(&self, routing: &super::Routing) -> Segment {
         let mut segment = Segment::default();
-        // Statements parsed in this segment: (name, classification).
-        let mut parsed: Vec<(Bytes, Arc<Classification>)> = Vec::new();
+        // Statements parsed in this segment: name, text, classification.
+        let mut parsed: Vec<(&[u8], &[u8], Arc<Classification>)> = Vec::new();
         let mut at = 0;
-        while let Some(header) = self.cin.get(at..at + 5) {
-            let tag = header[0];
-            let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-            let Some(total) = usize::try_from(len).ok().map(|l| l + 1) else {
-                return segment;
-            };
-            let Some(body) = self.cin.get(at + 5..at + total) else {
-                return segment;
+        while let Some((tag, body, total)) = whole_message(&self.cin, at) {
+            // What a Bind or a Describe of a statement refers to: its text
+            // and classification, None when nobody tracked it.
+            let statement = |name: &[u8], segment: &mut Segment| {
+                if let Some((_, sql, class)) = parsed.iter().rev().find(|(n, _, _)| *n == name) {
+                    return Some((Bytes::copy_from_slice(sql), class.clone()));
+                }
+                if name.is_empty() {
+                    // Prepared by an earlier segment: it exists only where
+                    // that ran.
+                    let (node, known) = self.unnamed.as_ref()?;
+                    segment.forced = Some(*node);
+                    return known.clone();
+                }
+                let s = self
+                    .statements
+                    .get(String::from_utf8_lossy(name).as_ref())?;
+                let sql = s.rest.slice(..query_of(&s.rest).len());
+                s.class.clone().map(|class| (sql, class))
             };
             match tag {
                 fe::PARSE => {
@@ -1100,55 +1087,37 @@ impl<'a> Relay<'a> {
                     if self.route.need(sql, &class, routing) == Need::Primary {
                         segment.primary = true;
                     }
-                    parsed.push((Bytes::copy_from_slice(parse.name.as_bytes()), class));
+                    parsed.push((parse.name.as_bytes(), sql, class));
                 }
                 fe::BIND | fe::DESCRIBE => {
                     let name = if tag == fe::BIND {
                         let Ok(bind) = Bind::parse(body) else {
                             return segment;
                         };
-                        bind.statement.as_bytes().to_vec()
+                        bind.statement.as_bytes()
                     } else {
                         match fe::TargetName::parse_describe(body) {
-                            Ok(t) if t.target == fe::Target::Statement => {
-                                t.name.as_bytes().to_vec()
+                            Ok(t) if t.target == fe::Target::Statement => t.name.as_bytes(),
+                            // A portal lives in this transaction, where it
+                            // was bound.
+                            Ok(_) => {
+                                at += total;
+                                continue;
                             }
-                            Ok(_) => Vec::new(),
                             Err(_) => return segment,
                         }
                     };
-                    let portal_describe = tag == fe::DESCRIBE && name.is_empty();
-                    if !portal_describe {
-                        let class = match parsed.iter().rev().find(|(n, _)| n[..] == name[..]) {
-                            Some((_, class)) => Some(class.clone()),
-                            None if name.is_empty() => {
-                                // Prepared by an earlier segment: it exists
-                                // only where that ran.
-                                match &self.unnamed {
-                                    Some((node, class)) => {
-                                        segment.forced = Some(*node);
-                                        class.clone()
-                                    }
-                                    None => None,
-                                }
+                    match statement(name, &mut segment) {
+                        Some((sql, class)) => {
+                            if self.route.need(&sql, &class, routing) == Need::Primary {
+                                segment.primary = true;
                             }
-                            None => self
-                                .statements
-                                .get(String::from_utf8_lossy(&name).as_ref())
-                                .and_then(|s| s.class.clone()),
-                        };
-                        match class {
-                            Some(class) => {
-                                if self.route.need(b"", &class, routing) == Need::Primary {
-                                    segment.primary = true;
-                                }
-                                if tag == fe::BIND {
-                                    segment.runs.push(class);
-                                }
+                            if tag == fe::BIND {
+                                segment.runs.push(class);
                             }
-                            // Not tracked: who knows what it does.
-                            None => segment.primary = true,
                         }
+                        // Not tracked: who knows what it does.
+                        None => segment.primary = true,
                     }
                 }
                 fe::EXECUTE | fe::CLOSE => {}
@@ -1336,7 +1305,8 @@ impl<'a> Relay<'a> {
         });
         let name = parse.name.as_bytes();
         if name.is_empty() {
-            self.unnamed = Some((self.key.node, class.clone()));
+            let sql = Bytes::copy_from_slice(parse.query.as_bytes());
+            self.unnamed = Some((self.key.node, class.clone().map(|c| (sql, c))));
         }
         if !self.tracking() || name.is_empty() {
             self.pipeline_effects.extend(list);
@@ -1603,6 +1573,7 @@ impl<'a> Relay<'a> {
                         .and_then(|f| f.severity_level());
                     self.server_fatal =
                         matches!(severity, Some(be::Severity::Fatal | be::Severity::Panic));
+                    self.proxy.count_error(self.key.node, severity);
                 }
                 self.server_error();
             }
@@ -1829,16 +1800,22 @@ fn refusal(effects: &[Effect]) -> Option<String> {
     })
 }
 
+/// The message starting at `at` in `buf`, if it is all there: its type,
+/// its body and its total length.
+fn whole_message(buf: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
+    let header = buf.get(at..at + 5)?;
+    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let total = usize::try_from(len).ok().filter(|l| *l >= 4)? + 1;
+    Some((header[0], buf.get(at + 5..at + total)?, total))
+}
+
 /// The Parse at the head of `buf`, if whole: (its total length, the
 /// statement name, the body after the name).
 fn leading_parse(buf: &[u8]) -> Option<(usize, String, Bytes)> {
-    let header = buf.get(..5)?;
-    if header[0] != fe::PARSE {
+    let (tag, body, total) = whole_message(buf, 0)?;
+    if tag != fe::PARSE {
         return None;
     }
-    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let total = 1 + usize::try_from(len).ok()?;
-    let body = buf.get(5..total)?;
     fe::Parse::parse(body).ok()?;
     let nul = body.iter().position(|b| *b == 0)?;
     let name = String::from_utf8_lossy(&body[..nul]).into_owned();

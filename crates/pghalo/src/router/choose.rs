@@ -150,6 +150,7 @@ mod tests {
             lag_time: lag.map(|_| Duration::ZERO),
             last_check: None,
             last_check_duration: None,
+            status_changed: None,
             last_answer: None,
             last_error: None,
             server_version: Some(150000),
