@@ -17,10 +17,11 @@ use crate::config::passwd::PasswordFile;
 use crate::config::{
     BackendHost, BackendTlsMode, Config, ConfigError, ListenAddress, ReloadPlan, reload_plan,
 };
-use crate::health::{MonitorSettings, ReplicationMonitor};
+use crate::health::{CatalogLoader, MonitorSettings, ReplicationMonitor};
 use crate::net::tls::{ClientTls, ServerTls, TlsError};
 use crate::pool::PoolSettings;
 use crate::proxy::{AuthFiles, Proxy, ProxySettings};
+use crate::router::CatalogVolatility;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -66,6 +67,11 @@ pub struct Daemon {
     cluster: Cluster,
     /// Stops with `shutdown`.
     monitor: ReplicationMonitor,
+    /// Function volatility from pg_proc, shared by every routing
+    /// configuration (reloads keep it).
+    volatility: Arc<CatalogVolatility>,
+    /// Fills `volatility`; stops with `shutdown` or when dropped.
+    _catalog: CatalogLoader,
 }
 
 impl Daemon {
@@ -97,7 +103,11 @@ impl Daemon {
             pool_settings(&config),
         );
         proxy.set_tls(tls.server);
-        proxy.set_routing(crate::proxy::Routing::from_config(&config));
+        let volatility = Arc::new(CatalogVolatility::default());
+        proxy.set_routing(crate::proxy::Routing::from_config(
+            &config,
+            volatility.clone(),
+        ));
         let (shutdown, watcher) = watch::channel(false);
         let mut tcp = Vec::new();
         for addr in listen_addrs(&config) {
@@ -139,6 +149,13 @@ impl Daemon {
         proxy.set_cluster(cluster.view());
         let monitor =
             ReplicationMonitor::start(monitor_settings, cluster.observer(), watcher.clone());
+        let catalog = CatalogLoader::start(
+            monitor.subscribe(),
+            cluster.view(),
+            volatility.clone(),
+            watcher.clone(),
+        );
+        proxy.set_catalog_refresh(catalog.refresher());
         for listener in tcp {
             tokio::spawn(proxy.clone().serve_tcp(listener, watcher.clone()));
         }
@@ -165,6 +182,8 @@ impl Daemon {
             unix_paths,
             cluster,
             monitor,
+            volatility,
+            _catalog: catalog,
         })
     }
 
@@ -201,8 +220,10 @@ impl Daemon {
             pool_settings(&applied),
         );
         self.proxy.set_tls(tls.server);
-        self.proxy
-            .set_routing(crate::proxy::Routing::from_config(&applied));
+        self.proxy.set_routing(crate::proxy::Routing::from_config(
+            &applied,
+            self.volatility.clone(),
+        ));
         self.monitor.reconfigure(monitor_settings);
         self.cluster.update_backends(&applied.backends);
         self.config = applied;

@@ -222,6 +222,59 @@ async fn reads_spread_over_the_nodes_by_weight() {
     daemon.stop();
 }
 
+/// With both function lists empty, pg_proc decides: a user-defined
+/// STABLE function created through pghalo is balanced once pghalo has read
+/// the catalog again (after the DDL), while a VOLATILE one, and the
+/// functions before they exist, stay on the primary.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_functions_are_judged_by_pg_proc() {
+    let _turn = SERIAL.lock().await;
+    let lab = lab();
+    prepare("balance_functions", "").await;
+    let sections = format!(
+        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
+        monitor_section(lab, "")
+    );
+    let config = routing_config(lab, "balance-functions", &sections, &[]);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let client = proxy_client(config.port, "balance_functions").await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION port_stable() RETURNS text LANGUAGE sql STABLE \
+               AS $$ SELECT inet_server_port()::text $$; \
+             CREATE FUNCTION port_volatile() RETURNS text LANGUAGE sql VOLATILE \
+               AS $$ SELECT inet_server_port()::text $$;",
+        )
+        .await
+        .unwrap();
+    // The DDL above was one multi-statement string: a second one, alone,
+    // is what sessions usually send, and what asks for a catalog read.
+    client
+        .batch_execute("COMMENT ON FUNCTION port_stable() IS 'balanced'")
+        .await
+        .unwrap();
+    wait_for_replay(lab, Duration::from_secs(30)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stable = [0; 3];
+    while Instant::now() < deadline && stable[1] + stable[2] == 0 {
+        stable = count_reads(&client, "SELECT port_stable()", 30).await;
+    }
+    let volatile = count_reads(&client, "SELECT port_volatile()", 300).await;
+    eprintln!("stable {stable:?}, volatile {volatile:?}");
+    assert!(
+        stable[1] + stable[2] > 0,
+        "a STABLE user function never reached a standby: {stable:?}"
+    );
+    assert_eq!(
+        volatile,
+        [300, 0, 0],
+        "a VOLATILE user function must stay on the primary"
+    );
+    daemon.stop();
+}
+
 /// b) A standby whose replay is paused falls past delay_threshold (64kB)
 /// once the primary writes a few MB: it gets none of 1,000 reads, the
 /// primary and the other standby get them.

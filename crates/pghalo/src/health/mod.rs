@@ -16,11 +16,16 @@
 //! - `settings.rs`: [`MonitorSettings`], from the configuration.
 //! - `probe.rs`: the query, the connection, the sorting of failures.
 //! - `mod.rs`: [`ReplicationMonitor`], the tasks and their handle.
+//! - `catalog.rs`: [`CatalogLoader`], function volatility read from the
+//!   primary's pg_proc for the router, with the monitor's credentials.
 //!
 //! Health checks proper (health_check_*, issue 5) will live here too.
 
+mod catalog;
 mod probe;
 mod settings;
+
+pub use catalog::CatalogLoader;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -105,6 +110,12 @@ impl ReplicationMonitor {
             // checks again as soon as it is done.
             wake.notify_one();
         }
+    }
+
+    /// The settings in force, as they change (for tasks that log in as the
+    /// monitor does).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MonitorSettings>> {
+        self.settings.subscribe()
     }
 
     /// The settings in force.

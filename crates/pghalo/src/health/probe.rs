@@ -60,7 +60,7 @@ pub(super) struct Connection {
     _driver: AbortOnDrop,
 }
 
-struct AbortOnDrop(JoinHandle<()>);
+pub(super) struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -110,29 +110,9 @@ pub(super) async fn check(
 }
 
 async fn connect(settings: &MonitorSettings, target: &Target) -> Result<Connection, CheckError> {
-    let mut config = tokio_postgres::Config::new();
-    match &target.host {
-        BackendHost::Tcp(host) => config.host(host),
-        BackendHost::Unix(dir) => config.host_path(dir),
-    };
-    config
-        .port(target.port)
-        .user(&settings.user)
-        .dbname(&settings.database)
-        .application_name(APPLICATION_NAME);
-    if let Some(password) = &settings.password {
-        config.password(password.expose());
-    }
-    // TLS to the backends is not used by the monitor yet (see
-    // docs/topology.md); the check sends no password in clear with SCRAM.
-    let (client, connection) = config
-        .connect(NoTls)
+    let (client, driver) = open(settings, target, &settings.database)
         .await
         .map_err(|e| classify(&e, settings))?;
-    let driver = AbortOnDrop(tokio::spawn(async move {
-        // Errors surface through the client (is_closed, a failed query).
-        let _ = connection.await;
-    }));
     let statement = client
         .prepare(PROBE)
         .await
@@ -142,6 +122,36 @@ async fn connect(settings: &MonitorSettings, target: &Target) -> Result<Connecti
         statement,
         _driver: driver,
     })
+}
+
+/// A connection to `database` on `target` as the monitor's user; the
+/// socket is driven until the returned guard is dropped.
+pub(super) async fn open(
+    settings: &MonitorSettings,
+    target: &Target,
+    database: &str,
+) -> Result<(Client, AbortOnDrop), tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    match &target.host {
+        BackendHost::Tcp(host) => config.host(host),
+        BackendHost::Unix(dir) => config.host_path(dir),
+    };
+    config
+        .port(target.port)
+        .user(&settings.user)
+        .dbname(database)
+        .application_name(APPLICATION_NAME);
+    if let Some(password) = &settings.password {
+        config.password(password.expose());
+    }
+    // TLS to the backends is not used by the monitor yet (see
+    // docs/topology.md); the check sends no password in clear with SCRAM.
+    let (client, connection) = config.connect(NoTls).await?;
+    let driver = AbortOnDrop(tokio::spawn(async move {
+        // Errors surface through the client (is_closed, a failed query).
+        let _ = connection.await;
+    }));
+    Ok((client, driver))
 }
 
 fn read_probe(row: &Row) -> Result<Probe, CheckError> {

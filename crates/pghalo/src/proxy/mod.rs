@@ -91,6 +91,8 @@ pub struct Proxy {
     counters: Box<[NodeCounters]>,
     /// Client sessions past authentication.
     sessions: std::sync::atomic::AtomicUsize,
+    /// Asks for pg_proc to be read again (after a session's DDL).
+    catalog_refresh: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 /// What was sent to one node. Relaxed atomics: statistics, not
@@ -154,6 +156,7 @@ impl Proxy {
             tls: arc_swap::ArcSwapOption::empty(),
             routing: ArcSwap::from_pointee(Routing::primary_only()),
             sessions: std::sync::atomic::AtomicUsize::new(0),
+            catalog_refresh: std::sync::OnceLock::new(),
         })
     }
 
@@ -171,6 +174,18 @@ impl Proxy {
     /// request).
     pub fn set_routing(&self, routing: Routing) {
         self.routing.store(Arc::new(routing));
+    }
+
+    /// Where to ask for function volatility to be read again.
+    pub fn set_catalog_refresh(&self, refresh: Arc<tokio::sync::Notify>) {
+        let _ = self.catalog_refresh.set(refresh);
+    }
+
+    /// A session's DDL committed: functions may have come or changed.
+    fn catalog_changed(&self) {
+        if let Some(refresh) = self.catalog_refresh.get() {
+            refresh.notify_one();
+        }
     }
 
     pub(crate) fn routing(&self) -> arc_swap::Guard<Arc<Routing>> {

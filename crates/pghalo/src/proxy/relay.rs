@@ -239,6 +239,8 @@ pub(super) struct Relay<'a> {
     blocked: bool,
     /// Where the unnamed statement was last prepared and what it is.
     unnamed: Option<(usize, Option<Routed>)>,
+    /// A DDL statement ran since the transaction began.
+    ddl_ran: bool,
     /// Statements the client prepared for pgpool SHOW commands, which
     /// pghalo answers itself.
     show_statements: HashMap<Vec<u8>, show::ShowCommand>,
@@ -336,6 +338,7 @@ impl<'a> Relay<'a> {
             stale: Vec::new(),
             release_parked: false,
             show_statements: HashMap::new(),
+            ddl_ran: false,
         }
     }
 
@@ -1045,6 +1048,7 @@ impl<'a> Relay<'a> {
             .any(|c| matches!(c.transaction, Some(crate::router::TxControl::Begin(_))));
         for class in &runs {
             self.proxy.count(node, class.kind);
+            self.ddl_ran |= class.kind == crate::router::StatementKind::Ddl;
             self.route.note(class, in_transaction || opens, &routing);
         }
         Plan::Node(node)
@@ -1680,6 +1684,11 @@ impl<'a> Relay<'a> {
             _ => {}
         }
         self.pipeline_failed = false;
+        if status == b'I' && self.ddl_ran {
+            // Committed (or rolled back): pg_proc may say something new.
+            self.ddl_ran = false;
+            self.proxy.catalog_changed();
+        }
         if status == b'I' && before != b'I' {
             self.route.transaction_ended();
             // The transaction is over; whatever decided its SETs' fate has

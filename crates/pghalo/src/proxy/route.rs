@@ -34,8 +34,8 @@ use std::sync::Arc;
 use crate::cluster::{ClusterSnapshot, Lsn, NodeId};
 use crate::config::{Config, DisableLoadBalanceOnWrite, Pattern, RedirectPreference};
 use crate::router::{
-    Classification, Classifier, ClassifierConfig, FunctionRules, Hint, Isolation,
-    PgQueryClassifier, ReadConstraints, RouteSetting, StaticVolatility, TxControl,
+    Classification, Classifier, ClassifierConfig, FunctionRules, FunctionVolatility, Hint,
+    Isolation, PgQueryClassifier, ReadConstraints, RouteSetting, StaticVolatility, TxControl,
     choose_read_node, read_node_now,
 };
 
@@ -90,9 +90,10 @@ impl Routing {
         }
     }
 
-    /// From a validated configuration. The function lists were checked by
+    /// From a validated configuration, judging functions by `volatility`
+    /// when both function lists are empty. The lists were checked by
     /// validation; should they still not compile, volatility decides.
-    pub fn from_config(config: &Config) -> Routing {
+    pub fn from_config(config: &Config, volatility: Arc<dyn FunctionVolatility>) -> Routing {
         let lb = &config.load_balance;
         let functions =
             FunctionRules::from_lists(&lb.read_only_function_list, &lb.write_function_list)
@@ -102,7 +103,7 @@ impl Routing {
                 functions,
                 ..ClassifierConfig::default()
             },
-            Arc::new(StaticVolatility::with_builtins()),
+            volatility,
         );
         let sr = &config.streaming_replication;
         Routing {

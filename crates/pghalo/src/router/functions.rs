@@ -125,6 +125,77 @@ impl FunctionVolatility for StaticVolatility {
     }
 }
 
+/// Volatility as the backends' pg_proc says, over the built-in table: the
+/// control path (`health::catalog`) replaces the catalog part whole when it
+/// has read pg_proc again; the data path reads it without a lock.
+#[derive(Debug)]
+pub struct CatalogVolatility {
+    builtins: StaticVolatility,
+    /// `name` and `schema.name` of every function read from pg_proc, the
+    /// most volatile overload (over every database) for each.
+    catalog: arc_swap::ArcSwap<HashMap<String, Volatility>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Default for CatalogVolatility {
+    fn default() -> Self {
+        CatalogVolatility {
+            builtins: StaticVolatility::with_builtins(),
+            catalog: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl CatalogVolatility {
+    /// Takes what pg_proc says now; a different answer moves to a new
+    /// generation (cached classifications are judged again).
+    pub fn replace(&self, functions: HashMap<String, Volatility>) {
+        if **self.catalog.load() == functions {
+            return;
+        }
+        self.catalog.store(std::sync::Arc::new(functions));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Functions known from pg_proc.
+    pub fn catalog_len(&self) -> usize {
+        self.catalog.load().len()
+    }
+}
+
+/// Adds one pg_proc row to a map for [`CatalogVolatility::replace`]: under
+/// `schema.name` and `name`, the most volatile wins.
+pub fn merge_volatility(
+    functions: &mut HashMap<String, Volatility>,
+    schema: &str,
+    name: &str,
+    volatility: Volatility,
+) {
+    for key in [format!("{schema}.{name}"), name.to_owned()] {
+        let entry = functions.entry(key).or_insert(volatility);
+        *entry = (*entry).max(volatility);
+    }
+}
+
+impl FunctionVolatility for CatalogVolatility {
+    fn volatility(&self, schema: Option<&str>, name: &str) -> Option<Volatility> {
+        let catalog = self.catalog.load();
+        let found = match schema {
+            Some(schema) => catalog.get(&format!("{schema}.{name}")),
+            None => catalog.get(name),
+        };
+        found
+            .copied()
+            .or_else(|| self.builtins.volatility(schema, name))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// How function calls are judged: pgpool's two lists (mutually exclusive)
 /// or, with both empty, volatility.
 #[derive(Debug, Clone, Default)]
@@ -610,6 +681,33 @@ const VOLATILE_BUILTINS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_catalog_answers_before_the_builtins_and_moves_the_generation() {
+        let v = CatalogVolatility::default();
+        assert_eq!(v.volatility(None, "now"), Some(Volatility::Stable));
+        assert_eq!(v.volatility(None, "get_label"), None);
+        let g = v.generation();
+        let mut functions = HashMap::new();
+        merge_volatility(&mut functions, "public", "get_label", Volatility::Stable);
+        merge_volatility(&mut functions, "app", "get_label", Volatility::Volatile);
+        merge_volatility(&mut functions, "app", "price_of", Volatility::Immutable);
+        v.replace(functions.clone());
+        assert!(v.generation() > g);
+        // Overloads and homonyms: the most volatile.
+        assert_eq!(v.volatility(None, "get_label"), Some(Volatility::Volatile));
+        assert_eq!(
+            v.volatility(Some("public"), "get_label"),
+            Some(Volatility::Stable)
+        );
+        assert_eq!(
+            v.volatility(Some("app"), "price_of"),
+            Some(Volatility::Immutable)
+        );
+        let g = v.generation();
+        v.replace(functions);
+        assert_eq!(v.generation(), g, "the same answer is not a new generation");
+    }
+
     use super::*;
 
     #[test]

@@ -33,6 +33,6 @@ pub use classify::{
     Route, RouteSetting, StatementKind, TxControl, TxMode,
 };
 pub use functions::{
-    FunctionList, FunctionListError, FunctionRules, FunctionVolatility, StaticVolatility,
-    Volatility,
+    CatalogVolatility, FunctionList, FunctionListError, FunctionRules, FunctionVolatility,
+    StaticVolatility, Volatility, merge_volatility,
 };
