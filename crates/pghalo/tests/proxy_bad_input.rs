@@ -1134,6 +1134,94 @@ async fn garbage_queries_get_postgresqls_errors_and_the_session_goes_on_in_trans
     check_garbage_queries("transaction").await;
 }
 
+/// With reads balanced per statement over the shared lab's three nodes,
+/// text the classifier cannot read (a megabyte of garbage, bytes that are
+/// not UTF-8 in a literal and in an identifier, an unterminated quote)
+/// goes to the primary, which answers with PostgreSQL's own errors: the
+/// standbys' error_cnt in SHOW POOL_BACKEND_STATS stays 0 while plain reads
+/// do reach them.
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_queries_under_load_balancing_get_the_primarys_errors() {
+    let lab = &shared_lab().lab;
+    let routing = format!(
+        "\n[streaming_replication]\nsr_check_user = \"pghalo\"\nsr_check_password = \"{}\"\n\
+         sr_check_period = \"200ms\"\n\n[load_balance]\nstatement_level_load_balance = true\n",
+        lab.secrets.pghalo
+    );
+    let proxy = TrustProxy::start("garbage-routed", &routing, "session").await;
+    let all_up = proxy
+        .daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            s.primary.is_some() && s.nodes.iter().all(|n| n.is_routable())
+        })
+        .await;
+    assert!(all_up.is_ok(), "the monitor never saw every node up");
+    let (mut raw, _, _) = Raw::login(proxy.port(), &postgres_startup()).await;
+
+    const ALPHABET: &[u8] = b"#%&()+,.:;<=>?@[]^{|}~ qzx";
+    let garbage: Vec<u8> = (0..1_000_000u32)
+        .map(|i| ALPHABET[(i.wrapping_mul(2_654_435_761) >> 20) as usize % ALPHABET.len()])
+        .collect();
+    let msgs = raw.simple(std::str::from_utf8(&garbage).unwrap()).await;
+    assert_eq!(the_error(&msgs).1, "42601");
+    for (sql, code) in [
+        (&b"SELECT 'caf\xe9'"[..], "22021"),
+        (&b"SELECT * FROM \"caf\xe9\""[..], "22021"),
+        (&b"SELECT 'unterminated"[..], "42601"),
+    ] {
+        raw.send(&query(sql)).await;
+        let msgs = raw.until_ready().await;
+        assert_eq!(the_error(&msgs).1, code, "{}", String::from_utf8_lossy(sql));
+    }
+    for _ in 0..60 {
+        let msgs = raw.simple("SELECT 1").await;
+        assert_eq!(column_values(&msgs), vec![Some("1".into())]);
+    }
+    let msgs = raw.simple("SHOW POOL_BACKEND_STATS").await;
+    let rows: Vec<Vec<Option<String>>> = msgs
+        .iter()
+        .filter(|m| m.0 == b'D')
+        .map(|m| {
+            let body = &m.1;
+            let count = u16::from_be_bytes([body[0], body[1]]);
+            let mut at = 2;
+            (0..count)
+                .map(|_| {
+                    let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+                    at += 4;
+                    usize::try_from(len).ok().map(|len| {
+                        at += len;
+                        String::from_utf8(body[at - len..at].to_vec()).unwrap()
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    // node_id, ..., select_cnt (5), ..., error_cnt (13)
+    let field =
+        |row: &[Option<String>], i: usize| -> u64 { row[i].as_deref().unwrap().parse().unwrap() };
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        field(&rows[0], 13) >= 4,
+        "the primary answered the errors: {rows:?}"
+    );
+    for standby in &rows[1..] {
+        assert_eq!(
+            field(standby, 13),
+            0,
+            "an error came from a standby: {rows:?}"
+        );
+    }
+    assert!(
+        field(&rows[1], 5) + field(&rows[2], 5) > 0,
+        "no read reached a standby: routing was off: {rows:?}"
+    );
+    raw.send(&message(b'X', b"")).await;
+    assert!(raw.until_closed().await.is_empty());
+}
+
 /// Valid queries of every size go through, in both pooling modes.
 async fn check_large_queries(mode: &str) {
     let proxy = TrustProxy::start(&format!("large-{mode}"), "", mode).await;
