@@ -17,6 +17,8 @@ use crate::config::passwd::PasswordFile;
 use crate::config::{
     BackendHost, BackendTlsMode, Config, ConfigError, ListenAddress, ReloadPlan, reload_plan,
 };
+use crate::coordinator::Solo;
+use crate::failover::{FailoverSettings, FailoverTask};
 use crate::health::{CatalogLoader, MonitorSettings, ReplicationMonitor};
 use crate::net::tls::{ClientTls, ServerTls, TlsError};
 use crate::pool::PoolSettings;
@@ -72,6 +74,10 @@ pub struct Daemon {
     volatility: Arc<CatalogVolatility>,
     /// Fills `volatility`; stops with `shutdown` or when dropped.
     _catalog: CatalogLoader,
+    /// Where topology decisions are committed.
+    coordinator: Arc<Solo>,
+    /// Acts when the primary fails; stops when dropped.
+    _failover: FailoverTask,
 }
 
 impl Daemon {
@@ -80,6 +86,8 @@ impl Daemon {
         let config = Arc::new(Config::load(path)?);
         let auth = load_auth(&config)?;
         let monitor_settings = monitor_settings(&config, &auth)?;
+        let failover_settings = FailoverSettings::from_config(&config, &auth.passwd)
+            .map_err(|e| DaemonError::AuthFile(e.to_string()))?;
         if let Some(pid_file) = &config.daemon.pid_file_name {
             // A launcher (the lab) may have written our own pid already.
             if let Some(pid) = running_pid(pid_file).filter(|&pid| pid != std::process::id() as i32)
@@ -156,6 +164,15 @@ impl Daemon {
             watcher.clone(),
         );
         proxy.set_catalog_refresh(catalog.refresher());
+        let coordinator = Arc::new(Solo::new());
+        let failover = FailoverTask::start(
+            failover_settings,
+            cluster.view(),
+            cluster.observer(),
+            monitor.waker(),
+            coordinator.clone(),
+            watcher.clone(),
+        );
         for listener in tcp {
             tokio::spawn(proxy.clone().serve_tcp(listener, watcher.clone()));
         }
@@ -184,11 +201,18 @@ impl Daemon {
             monitor,
             volatility,
             _catalog: catalog,
+            coordinator,
+            _failover: failover,
         })
     }
 
     /// The node table: roles, statuses and lag as the replication monitor
     /// sees them.
+    /// The committed topology decisions.
+    pub fn coordinator(&self) -> &Solo {
+        &self.coordinator
+    }
+
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }
@@ -339,6 +363,8 @@ pub fn check_config(path: &Path) -> Result<String, DaemonError> {
     let config = Config::load(path)?;
     let auth = load_auth(&config)?;
     monitor_settings(&config, &auth)?;
+    FailoverSettings::from_config(&config, &auth.passwd)
+        .map_err(|e| DaemonError::AuthFile(e.to_string()))?;
     load_tls(&config)?;
     let backends: Vec<String> = config
         .backends

@@ -300,6 +300,15 @@ fn pool_version() -> ShowResult {
     }
 }
 
+/// pgpool's status column: a node taken out of routing shows as down.
+fn status(node: &crate::cluster::NodeState) -> String {
+    if node.detached {
+        "down".to_owned()
+    } else {
+        node.status.to_string()
+    }
+}
+
 const POOL_NODES_COLUMNS: [&str; 14] = [
     "node_id",
     "hostname",
@@ -360,7 +369,7 @@ fn pool_nodes(ctx: &ShowContext<'_>) -> ShowResult {
                 node.id.to_string(),
                 node.host.to_string(),
                 node.port.to_string(),
-                node.status.to_string(),
+                status(node),
                 pg_status.to_owned(),
                 format!("{lb_weight:.6}"),
                 node.role.pgpool_name().to_owned(),
@@ -448,7 +457,7 @@ fn pool_backend_stats(ctx: &ShowContext<'_>) -> ShowResult {
                 node.id.to_string(),
                 node.host.to_string(),
                 node.port.to_string(),
-                node.status.to_string(),
+                status(node),
                 node.role.pgpool_name().to_owned(),
                 c.select.to_string(),
                 c.insert.to_string(),
@@ -516,7 +525,7 @@ fn pool_health_check_stats(ctx: &ShowContext<'_>) -> ShowResult {
                 node.id.to_string(),
                 node.host.to_string(),
                 node.port.to_string(),
-                node.status.to_string(),
+                status(node),
                 node.role.pgpool_name().to_owned(),
                 timestamp(node.status_changed),
                 "0".to_owned(),
@@ -826,6 +835,7 @@ mod tests {
             last_check: None,
             last_check_duration: None,
             status_changed: None,
+            detached: false,
             last_answer: None,
             last_error: None,
             server_version: Some(170_000),

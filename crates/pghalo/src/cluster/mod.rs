@@ -158,7 +158,18 @@ impl ClusterView {
 /// Sends observations to the owner task.
 #[derive(Clone)]
 pub struct Observer {
-    tx: mpsc::Sender<Observation>,
+    tx: mpsc::Sender<Input>,
+}
+
+/// What the owner task is told.
+#[derive(Debug)]
+enum Input {
+    Observed(Observation),
+    /// A committed decision to take a node out of routing (or put it back).
+    Detached {
+        node: NodeId,
+        detached: bool,
+    },
 }
 
 /// The owner task has stopped (the [`Cluster`] was dropped).
@@ -168,7 +179,31 @@ pub struct ClusterClosed;
 
 impl Observer {
     pub async fn send(&self, observation: Observation) -> Result<(), ClusterClosed> {
-        self.tx.send(observation).await.map_err(|_| ClusterClosed)
+        self.tx
+            .send(Input::Observed(observation))
+            .await
+            .map_err(|_| ClusterClosed)
+    }
+
+    /// Takes `node` out of routing (a committed Detach decision), or puts
+    /// it back.
+    pub async fn set_detached(&self, node: NodeId, detached: bool) -> Result<(), ClusterClosed> {
+        self.tx
+            .send(Input::Detached { node, detached })
+            .await
+            .map_err(|_| ClusterClosed)
+    }
+}
+
+impl NodeTable {
+    fn take(&mut self, input: Input) -> Option<Notice> {
+        match input {
+            Input::Observed(observation) => self.observe(observation),
+            Input::Detached { node, detached } => {
+                self.set_detached(node, detached);
+                None
+            }
+        }
     }
 }
 
@@ -177,7 +212,7 @@ impl Observer {
 /// sender of observations is gone.
 async fn own(
     mut table: NodeTable,
-    mut rx: mpsc::Receiver<Observation>,
+    mut rx: mpsc::Receiver<Input>,
     mut backends: watch::Receiver<Vec<BackendConfig>>,
     current: Arc<ArcSwap<ClusterSnapshot>>,
     published: watch::Sender<u64>,
@@ -188,10 +223,10 @@ async fn own(
         tokio::select! {
             first = rx.recv() => {
                 let Some(first) = first else { break };
-                notices.extend(table.observe(first));
+                notices.extend(table.take(first));
                 // Everything already queued goes into the same snapshot.
                 while let Ok(next) = rx.try_recv() {
-                    notices.extend(table.observe(next));
+                    notices.extend(table.take(next));
                 }
             }
             changed = backends.changed(), if reloads_open => {

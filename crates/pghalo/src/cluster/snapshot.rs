@@ -81,6 +81,9 @@ pub struct NodeState {
     /// When the status or the role last changed (pgpool's
     /// last_status_change); None while neither has.
     pub status_changed: Option<SystemTime>,
+    /// Taken out of routing by a committed decision (pgpool shows such a
+    /// node as down).
+    pub detached: bool,
     /// When the node last answered.
     pub last_answer: Option<SystemTime>,
     /// Why the last check failed; None after an answer.
@@ -104,7 +107,9 @@ impl NodeState {
     /// Up, and a primary or a standby: a node the data path may use.
     /// Whether a standby is too far behind is `LagLimits`' question.
     pub fn is_routable(&self) -> bool {
-        self.status == Status::Up && matches!(self.role, Role::Primary | Role::Standby)
+        self.status == Status::Up
+            && !self.detached
+            && matches!(self.role, Role::Primary | Role::Standby)
     }
 
     /// True if this standby is over `limits`. pgpool's rule: with a time

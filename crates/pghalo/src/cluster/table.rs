@@ -110,6 +110,7 @@ impl NodeTable {
                     last_check: None,
                     last_check_duration: None,
                     status_changed: None,
+                    detached: false,
                     last_answer: None,
                     last_error: None,
                     server_version: None,
@@ -197,6 +198,17 @@ impl NodeTable {
                     error,
                 })
             }
+        }
+    }
+
+    /// A committed detach (or attach): a detached node is routed nothing
+    /// and is never taken as primary.
+    pub(super) fn set_detached(&mut self, node: NodeId, detached: bool) {
+        if let Some(entry) = self.entries.get_mut(node.index()) {
+            if entry.state.detached != detached {
+                entry.state.status_changed = Some(std::time::SystemTime::now());
+            }
+            entry.state.detached = detached;
         }
     }
 
@@ -297,7 +309,7 @@ impl NodeTable {
             .entries
             .iter()
             .map(|e| &e.state)
-            .filter(|s| claim(s) == Some(false))
+            .filter(|s| claim(s) == Some(false) && !s.detached)
             .collect();
         if let Some(known) = self.primary.and_then(|p| self.entries.get(p.index())) {
             let known = &known.state;

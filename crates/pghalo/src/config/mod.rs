@@ -67,6 +67,8 @@ pub struct Config {
     pub streaming_replication: StreamingReplicationConfig,
     #[serde(default)]
     pub load_balance: LoadBalanceConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
     /// pgpool's backend_*N parameters, one `[[backend]]` per node; a node's
     /// N (its identity in pgpool's tools) is its position in this list.
     #[serde(default, rename = "backend")]
@@ -386,6 +388,53 @@ impl Default for LoadBalanceConfig {
             app_name_redirect_preference_list: Vec::new(),
             allow_sql_comments: false,
             read_your_writes: false,
+        }
+    }
+}
+
+/// Automatic failover: what pghalo does when the primary stops answering
+/// (the `failover` module). pgpool runs a failover_command script; pghalo
+/// promotes the best standby itself and points the others at it, over SQL,
+/// as `recovery_user`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Promote a standby when the primary is down. Needs recovery_user;
+    /// without it pghalo only reports the failure.
+    pub auto_failover: bool,
+    /// pgpool recovery_user: a superuser (pg_promote, ALTER SYSTEM, creating
+    /// replication slots) on every node. `""` = no automatic failover.
+    pub recovery_user: String,
+    /// pgpool recovery_password, in the forms of sr_check_password.
+    pub recovery_password: ConfigPassword,
+    /// How many consecutive failed checks of the primary make it down: the
+    /// first failure (a refused connection, a timeout) asks again at once,
+    /// and only a confirmed failure fails over. pgpool's
+    /// health_check_max_retries, counted in checks.
+    pub failover_confirmations: u32,
+    /// How long pghalo waits between two confirming checks.
+    pub confirmation_interval: ConfigDuration,
+    /// A standby further behind the primary than this (bytes of WAL not
+    /// received, by the last check) is not promoted. 0 = no limit.
+    pub max_lag_on_failover: ByteSize,
+    /// How long a promotion may take before it counts as failed.
+    pub promote_timeout: ConfigDuration,
+    /// How long a standby may take to stream from the new primary before
+    /// it is reported as unable to follow.
+    pub follow_primary_timeout: ConfigDuration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            auto_failover: true,
+            recovery_user: String::new(),
+            recovery_password: ConfigPassword::FromPoolPasswd,
+            failover_confirmations: 3,
+            confirmation_interval: ConfigDuration::from_millis(100),
+            max_lag_on_failover: ByteSize(0),
+            promote_timeout: ConfigDuration::from_secs(60),
+            follow_primary_timeout: ConfigDuration::from_secs(30),
         }
     }
 }
@@ -847,7 +896,7 @@ mod tests {
         let (line, key, msg) = fail(&format!("verbose = true\n{MINIMAL}"));
         assert_eq!((line, key.as_str()), (1, "verbose"));
         assert!(
-            msg.contains("unknown key 'verbose' at the top level (expected one of: listen, pool, auth, tls, log, daemon, streaming_replication, load_balance, backend)"),
+            msg.contains("unknown key 'verbose' at the top level (expected one of: listen, pool, auth, tls, log, daemon, streaming_replication, load_balance, failover, backend)"),
             "{msg}"
         );
         let (line, key, _) = fail(&format!("[pool]\n\n[tls]\nssl = true\n{MINIMAL}"));

@@ -242,8 +242,64 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
 
     diff_streaming_replication(&mut d, old, new);
     diff_load_balance(&mut d, old, new);
+    diff_failover(&mut d, old, new);
     diff_backends(&mut d, &old.backends, &new.backends);
     d.plan
+}
+
+/// Restart-only for now: the failover task reads its settings once.
+fn diff_failover(d: &mut Diff, old: &Config, new: &Config) {
+    use Applies::Restart;
+    let (o, n) = (&old.failover, &new.failover);
+    let key = |name: &str| format!("failover.{name}");
+    d.field(
+        Restart,
+        &key("auto_failover"),
+        &o.auto_failover,
+        &n.auto_failover,
+    );
+    d.field(
+        Restart,
+        &key("recovery_user"),
+        &quoted(&o.recovery_user),
+        &quoted(&n.recovery_user),
+    );
+    d.secret(
+        Restart,
+        &key("recovery_password"),
+        &o.recovery_password,
+        &n.recovery_password,
+    );
+    d.field(
+        Restart,
+        &key("failover_confirmations"),
+        &o.failover_confirmations,
+        &n.failover_confirmations,
+    );
+    d.field(
+        Restart,
+        &key("confirmation_interval"),
+        &o.confirmation_interval,
+        &n.confirmation_interval,
+    );
+    d.field(
+        Restart,
+        &key("max_lag_on_failover"),
+        &o.max_lag_on_failover,
+        &n.max_lag_on_failover,
+    );
+    d.field(
+        Restart,
+        &key("promote_timeout"),
+        &o.promote_timeout,
+        &n.promote_timeout,
+    );
+    d.field(
+        Restart,
+        &key("follow_primary_timeout"),
+        &o.follow_primary_timeout,
+        &n.follow_primary_timeout,
+    );
 }
 
 /// All live, as in pgpool: the replication monitor is handed its new

@@ -41,7 +41,42 @@ pub(super) fn check(config: &Config) -> Result<(), Problem> {
     check_log(config)?;
     check_backends(config)?;
     check_streaming_replication(config)?;
-    check_load_balance(config)
+    check_load_balance(config)?;
+    check_failover(config)
+}
+
+fn check_failover(config: &Config) -> Result<(), Problem> {
+    let f = &config.failover;
+    let at_f = |name| key("failover", name);
+    if f.recovery_user.trim().is_empty() && !f.recovery_password.is_empty() {
+        return at(
+            at_f("recovery_password"),
+            "is set but failover.recovery_user is empty",
+        );
+    }
+    if f.recovery_password.is_aes() && config.auth.pool_key_file.is_none() {
+        return at(
+            at_f("recovery_password"),
+            "is AES-encrypted but auth.pool_key_file is not set, so it cannot be decrypted",
+        );
+    }
+    if f.failover_confirmations == 0 {
+        return at(
+            at_f("failover_confirmations"),
+            "must be at least 1: the check that saw the failure counts",
+        );
+    }
+    if f.promote_timeout.is_zero() || f.follow_primary_timeout.is_zero() {
+        return at(
+            at_f(if f.promote_timeout.is_zero() {
+                "promote_timeout"
+            } else {
+                "follow_primary_timeout"
+            }),
+            "must be more than 0",
+        );
+    }
+    Ok(())
 }
 
 fn check_listen(config: &Config) -> Result<(), Problem> {

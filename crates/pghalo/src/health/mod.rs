@@ -41,6 +41,20 @@ pub use settings::{MonitorSettings, Target};
 /// how often while it does not.
 const UNANSWERED_RETRY: Duration = Duration::from_secs(1);
 
+/// Asks the monitor's tasks for a check now.
+#[derive(Clone, Debug)]
+pub struct MonitorWaker(Vec<Arc<Notify>>);
+
+impl MonitorWaker {
+    pub fn check_now(&self) {
+        for wake in &self.0 {
+            // notify_one keeps a permit, so a task in the middle of a check
+            // checks again as soon as it is done.
+            wake.notify_one();
+        }
+    }
+}
+
 /// The running replication monitor. Its tasks stop when the daemon's
 /// shutdown signal turns true, or when this handle is dropped (at their
 /// next wait: a check under way finishes first, within sr_check_timeout).
@@ -105,11 +119,13 @@ impl ReplicationMonitor {
     /// Asks every node now rather than at the next period (for the
     /// coordinator, which will want confirming probes).
     pub fn check_now(&self) {
-        for wake in &self.wake {
-            // notify_one keeps a permit, so a task in the middle of a check
-            // checks again as soon as it is done.
-            wake.notify_one();
-        }
+        self.waker().check_now();
+    }
+
+    /// A handle that asks for checks now, for tasks that outlive a borrow
+    /// of the monitor (the failover task's confirming probes).
+    pub fn waker(&self) -> MonitorWaker {
+        MonitorWaker(self.wake.clone())
     }
 
     /// The settings in force, as they change (for tasks that log in as the

@@ -151,6 +151,7 @@ mod tests {
             last_check: None,
             last_check_duration: None,
             status_changed: None,
+            detached: false,
             last_answer: None,
             last_error: None,
             server_version: Some(150000),

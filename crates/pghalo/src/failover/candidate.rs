@@ -1,0 +1,145 @@
+//! Which standby to promote when the primary is gone: pure, over the last
+//! snapshot before the failure.
+//!
+//! The rule: among the standbys that are up and within max_lag_on_failover
+//! of the primary's last known position, the one that has received the most
+//! WAL
+//! (it holds every commit the others hold; with `ANY 1` synchronous
+//! replication, every acknowledged commit is on at least one standby, so
+//! the most advanced one has them all). Ties go to the lowest node id, so
+//! that every instance picks the same node. (DISALLOW_TO_FAILOVER, as in
+//! pgpool, is about the failed node: the caller does not fail it over.)
+
+use crate::cluster::{ClusterSnapshot, Lsn, NodeId, NodeState, Role, Status};
+
+/// Why no standby can be promoted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoCandidate {
+    #[error("no standby is up")]
+    NoStandbyUp,
+    #[error(
+        "every eligible standby is further behind than max_lag_on_failover ({limit} bytes): the most advanced lacks {lag} bytes"
+    )]
+    TooFarBehind { limit: u64, lag: u64 },
+    #[error("no standby has reported a WAL position")]
+    NoPosition,
+}
+
+/// The standby to promote in place of `failed`.
+pub fn choose_candidate(
+    snapshot: &ClusterSnapshot,
+    failed: NodeId,
+    max_lag: Option<u64>,
+) -> Result<NodeId, NoCandidate> {
+    let up: Vec<&NodeState> = snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.id != failed && n.role == Role::Standby && n.status == Status::Up)
+        .collect();
+    if up.is_empty() {
+        return Err(NoCandidate::NoStandbyUp);
+    }
+    let position = |n: &NodeState| -> Option<Lsn> {
+        match (n.lsn.receive, n.lsn.replay) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    };
+    let best = up
+        .iter()
+        .filter_map(|n| position(n).map(|lsn| (lsn, n.id)))
+        // Most WAL first; equal positions: the lowest id.
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+        .ok_or(NoCandidate::NoPosition)?;
+    if let (Some(limit), Some(primary_at)) =
+        (max_lag, snapshot.node(failed).and_then(|p| p.lsn.current))
+    {
+        let lag = primary_at.bytes_after(best.0);
+        if lag > limit {
+            return Err(NoCandidate::TooFarBehind { limit, lag });
+        }
+    }
+    Ok(best.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Epoch, NodeLsns};
+    use crate::config::{BackendFlags, BackendHost};
+
+    fn node(id: usize, role: Role, receive: Option<u64>) -> NodeState {
+        NodeState {
+            id: NodeId(id),
+            name: format!("node{id}"),
+            host: BackendHost::Tcp("127.0.0.1".into()),
+            port: 5432,
+            weight: 1.0,
+            flags: BackendFlags::default(),
+            role,
+            role_epoch: Epoch(1),
+            status: Status::Up,
+            in_recovery: Some(role != Role::Primary),
+            timeline: Some(1),
+            lsn: NodeLsns {
+                current: (role == Role::Primary).then_some(Lsn(1000)),
+                receive: receive.map(Lsn),
+                replay: receive.map(|r| Lsn(r.saturating_sub(10))),
+            },
+            lag_bytes: None,
+            lag_time: None,
+            last_check: None,
+            last_check_duration: None,
+            status_changed: None,
+            detached: false,
+            last_answer: None,
+            last_error: None,
+            server_version: Some(150000),
+        }
+    }
+
+    fn cluster(standbys: &[Option<u64>]) -> ClusterSnapshot {
+        let mut nodes = vec![node(0, Role::Primary, None)];
+        for (i, receive) in standbys.iter().enumerate() {
+            nodes.push(node(i + 1, Role::Standby, *receive));
+        }
+        nodes[0].status = Status::Down;
+        ClusterSnapshot {
+            epoch: Epoch(1),
+            generation: 1,
+            primary: Some(NodeId(0)),
+            nodes,
+        }
+    }
+
+    #[test]
+    fn the_most_advanced_standby_wins_ties_to_the_lowest_id() {
+        let s = cluster(&[Some(900), Some(950)]);
+        assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(2)));
+        let s = cluster(&[Some(950), Some(950)]);
+        assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(1)));
+    }
+
+    #[test]
+    fn down_and_lagging_standbys_are_not_candidates() {
+        let mut s = cluster(&[Some(900), Some(950)]);
+        s.nodes[2].status = Status::Down;
+        assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(1)));
+        s.nodes[1].status = Status::Down;
+        assert_eq!(
+            choose_candidate(&s, NodeId(0), None),
+            Err(NoCandidate::NoStandbyUp)
+        );
+        let s = cluster(&[Some(900), Some(950)]);
+        assert_eq!(choose_candidate(&s, NodeId(0), Some(50)), Ok(NodeId(2)));
+        assert_eq!(
+            choose_candidate(&s, NodeId(0), Some(10)),
+            Err(NoCandidate::TooFarBehind { limit: 10, lag: 50 })
+        );
+        let s = cluster(&[None, None]);
+        assert_eq!(
+            choose_candidate(&s, NodeId(0), None),
+            Err(NoCandidate::NoPosition)
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! Automatic failover against a real lab: the primary's postmaster killed,
+//! exactly one standby promoted, the other following it, writes through
+//! pghalo working again; the old primary restarted never routed to; a
+//! restarted pghalo taking the same primary.
+
+#![allow(clippy::unwrap_used)] // tests may panic on what they did not expect
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    TestLab, conninfo, monitor_section, node_client, pg_connect, routing_config, wait_for_replay,
+    wait_for_topology,
+};
+use pghalo::cluster::{NodeId, Role};
+use pghalo::coordinator::{Coordinator, Decision};
+use pghalo::daemon::Daemon;
+
+/// The pid in the first line of a data directory's postmaster.pid.
+fn postmaster_pid(lab: &pghalo::lab::Lab, node: &str) -> i32 {
+    let text = std::fs::read_to_string(lab.dir().join(node).join("postmaster.pid")).unwrap();
+    text.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// Tries a write through pghalo until one succeeds or `limit` passes.
+async fn write_through(port: u16, password: &str, value: i32, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let attempt = async {
+            let client = pg_connect(&conninfo(port, "postgres", password)).await?;
+            client
+                .execute("INSERT INTO failover_probe VALUES ($1)", &[&value])
+                .await
+        };
+        match attempt.await {
+            Ok(1) => return started.elapsed(),
+            outcome => {
+                assert!(
+                    started.elapsed() < limit,
+                    "no write through pghalo within {limit:?}: {outcome:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+    let test_lab = TestLab::build("failover-kill", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    let sections = format!(
+        "{}\n[failover]\nrecovery_user = \"postgres\"\nrecovery_password = \"TEXT{password}\"\n",
+        monitor_section(lab, "")
+    );
+    let config = routing_config(lab, "failover-kill", &sections, &[]);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+
+    let client = pg_connect(&conninfo(config.port, "postgres", &password))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE failover_probe (id int); INSERT INTO failover_probe VALUES (1)",
+        )
+        .await
+        .unwrap();
+    wait_for_replay(lab, Duration::from_secs(30)).await;
+
+    // node1 is cut off from the WAL stream (pointed at a closed port) while
+    // the primary writes more: node2 is then the most advanced standby and
+    // must be the one promoted, although node1 comes first.
+    let node1 = node_client(lab, "node1", "postgres").await;
+    let conninfo_1: String = node1
+        .query_one("SELECT current_setting('primary_conninfo')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let primary_port = lab.node("node0").unwrap().port;
+    let cut_off = conninfo_1.replace(&format!("port={primary_port}"), "port=1");
+    assert_ne!(cut_off, conninfo_1, "{conninfo_1}");
+    node1
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET primary_conninfo = '{}'",
+            cut_off.replace('\'', "''")
+        ))
+        .await
+        .unwrap();
+    node1
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node1
+        .query_opt(
+            "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "node1 keeps streaming");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .batch_execute("INSERT INTO failover_probe SELECT -g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    let node2 = node_client(lab, "node2", "postgres").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node2
+        .query_one("SELECT count(*) FROM failover_probe", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        < 1001
+    {
+        assert!(Instant::now() < deadline, "node2 does not get the rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let old_postmaster = postmaster_pid(lab, "node0");
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_postmaster),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // The session on the dead primary ends with an error, not a hang (its
+    // orphaned backend may still run a statement or two before it notices
+    // that the postmaster is gone: PostgreSQL's doing).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let write = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.simple_query("INSERT INTO failover_probe VALUES (-999999)"),
+        )
+        .await;
+        match write {
+            Ok(Err(_)) => break,
+            Ok(Ok(_)) => assert!(Instant::now() < deadline, "the session never ended"),
+            Err(_) => panic!("a write on the killed primary hangs"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first_write = write_through(config.port, &password, 2, Duration::from_secs(30)).await;
+    let snapshot = daemon.cluster().snapshot();
+    let new = snapshot.primary.unwrap();
+    assert_eq!(
+        new,
+        NodeId(2),
+        "the most advanced standby is promoted: {snapshot:#?}"
+    );
+    eprintln!(
+        "primary killed; first write through pghalo {:.0?} later, on node{}",
+        killed.elapsed().min(first_write),
+        new.index()
+    );
+
+    // Exactly one standby left recovery.
+    let mut writable = Vec::new();
+    for name in ["node1", "node2"] {
+        let c = node_client(lab, name, "postgres").await;
+        let in_recovery: bool = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if !in_recovery {
+            writable.push(name);
+        }
+    }
+    assert_eq!(writable, [format!("node{}", new.index())], "promoted nodes");
+
+    // The other standby streams from the new primary and has the write.
+    let other = if new == NodeId(1) { "node2" } else { "node1" };
+    let new_name = format!("node{}", new.index());
+    let on_new = node_client(lab, &new_name, "postgres").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let streaming: i64 = on_new
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
+                &[&other],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if streaming == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{other} does not stream from {new_name}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_other = node_client(lab, other, "postgres").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The rows it missed while cut off, and the write after the
+        // failover.
+        let rows: i64 = on_other
+            .query_one(
+                "SELECT count(*) FROM failover_probe WHERE id BETWEEN -1000 AND -1 OR id = 2",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if rows == 1001 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{other} never caught up with the new primary: {rows} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // One decision, with its epoch and reason.
+    let events = daemon.coordinator().events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].decision,
+        Decision::Promote {
+            node: new,
+            replaces: Some(NodeId(0))
+        }
+    );
+    assert!(events[0].reason.contains("node0"), "{:?}", events[0].reason);
+
+    // The old primary comes back, still a primary on the old timeline: it
+    // is fenced, and no session reaches it. (Its killed postmaster must be
+    // reaped and its orphaned children gone before it starts again.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(old_postmaster),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        match lab.start_node("node0").await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "node0 does not start again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fenced = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            matches!(s.nodes[0].role, Role::FalsePrimary(_)) && s.primary == Some(new)
+        })
+        .await;
+    assert!(fenced.is_ok(), "{fenced:#?}");
+    for i in 0..20 {
+        let c = pg_connect(&conninfo(config.port, "postgres", &password))
+            .await
+            .unwrap();
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(
+            port,
+            i32::from(lab.node("node0").unwrap().port),
+            "session {i} reached the old primary"
+        );
+    }
+
+    // A restarted pghalo takes the same primary, never the old one.
+    daemon.stop();
+    drop(daemon);
+    // The listeners close as their tasks see the stop.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match Daemon::start(&config.path()).await {
+            Ok(daemon) => break daemon,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "pghalo does not start again: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let seen = again
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            s.primary.is_some() && s.nodes.iter().all(|n| n.last_check.is_some())
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen.primary, Some(new), "{seen:#?}");
+    assert!(matches!(
+        seen.nodes[0].role,
+        Role::FalsePrimary(_) | Role::Unknown
+    ));
+    write_through(config.port, &password, 3, Duration::from_secs(10)).await;
+    again.stop();
+}
