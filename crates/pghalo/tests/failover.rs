@@ -311,3 +311,105 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
     write_through(config.port, &password, 3, Duration::from_secs(10)).await;
     again.stop();
 }
+
+/// Sends SIGCONT to a stopped postmaster when dropped, however the test
+/// ends: a stopped server would outlive the lab.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
+/// A hung primary (its postmaster stopped with SIGSTOP: connections are
+/// accepted by the kernel, never answered) fails over one check timeout
+/// after it hangs; a session still attached to it ends with 57P01 instead
+/// of writing there; resumed, the old primary is fenced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_is_replaced_within_the_check_timeout() {
+    let test_lab = TestLab::build("failover-hang", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    let sections = format!(
+        "{}\n[failover]\nrecovery_user = \"postgres\"\nrecovery_password = \"TEXT{password}\"\n",
+        monitor_section(lab, "")
+    );
+    let config = routing_config(lab, "failover-hang", &sections, &[]);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let timeout = Duration::from_secs(2); // monitor_section's sr_check_timeout
+
+    let attached = pg_connect(&conninfo(config.port, "postgres", &password))
+        .await
+        .unwrap();
+    attached
+        .batch_execute(
+            "CREATE TABLE failover_probe (id int); INSERT INTO failover_probe VALUES (1)",
+        )
+        .await
+        .unwrap();
+    wait_for_replay(lab, Duration::from_secs(30)).await;
+
+    let postmaster = postmaster_pid(lab, "node0");
+    let stopped = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let resume = Resume(postmaster);
+
+    let replaced = daemon
+        .cluster()
+        .view()
+        .wait_for(timeout + Duration::from_secs(10), |s| {
+            s.primary.is_some_and(|p| p != NodeId(0))
+        })
+        .await
+        .unwrap();
+    let took = stopped.elapsed();
+    let first_write = write_through(config.port, &password, 2, Duration::from_secs(10)).await;
+    eprintln!(
+        "primary hung; node{} primary {took:.1?} later, first write {:.1?} after the hang",
+        replaced.primary.unwrap().index(),
+        took + first_write
+    );
+    assert!(
+        took < timeout + Duration::from_secs(2),
+        "a hung primary took {took:?} to fail over (check timeout {timeout:?})"
+    );
+
+    // The session whose server connection is on the hung primary (its
+    // backend still runs) must not write there: it ends with 57P01.
+    let error = attached
+        .simple_query("INSERT INTO failover_probe VALUES (-1)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.as_db_error().map(|e| e.code().code()),
+        Some("57P01"),
+        "{error:?}"
+    );
+
+    drop(resume);
+    let fenced = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            matches!(s.nodes[0].role, Role::FalsePrimary(_))
+        })
+        .await;
+    assert!(fenced.is_ok(), "{fenced:#?}");
+    let old: i64 = node_client(lab, "node0", "postgres")
+        .await
+        .query_one("SELECT count(*) FROM failover_probe WHERE id <> 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(old, 0, "a write reached the hung old primary");
+    daemon.stop();
+}

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 pub use actions::{ActionError, Control};
 pub use candidate::{NoCandidate, choose_candidate};
 
-use crate::cluster::{ClusterSnapshot, ClusterView, NodeId, Observer, Status};
+use crate::cluster::{CheckErrorKind, ClusterSnapshot, ClusterView, NodeId, Observer, Status};
 use crate::config::passwd::{PasswdError, PasswordFile};
 use crate::config::{Config, ResolvedPassword};
 use crate::coordinator::{Coordinator, Decision};
@@ -306,10 +306,21 @@ impl Worker {
     }
 
     /// Some(snapshot) when `failed` fails `confirmations` checks in a row
-    /// (the one that made it down counts); None when it answers again.
+    /// (the one that made it down counts); None when it answers again. A
+    /// check that timed out is confirmation enough: the node was given
+    /// sr_check_timeout to answer and did not (a hung primary fails over
+    /// one timeout after it hangs, not several).
     async fn confirm_down(&mut self, failed: NodeId) -> Option<Arc<ClusterSnapshot>> {
         let mut seen = self.view.snapshot();
-        let mut last = seen.node(failed)?.last_check;
+        let node = seen.node(failed)?;
+        if node
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.kind == CheckErrorKind::Timeout)
+        {
+            return Some(seen);
+        }
+        let mut last = node.last_check;
         for _ in 1..self.settings.confirmations {
             tokio::time::sleep(self.settings.interval).await;
             self.waker.check_now();
@@ -327,6 +338,13 @@ impl Worker {
             if node.status != Status::Down {
                 tracing::info!(node = %node.name, "the primary answered again: no failover");
                 return None;
+            }
+            if node
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.kind == CheckErrorKind::Timeout)
+            {
+                break;
             }
             last = node.last_check.or(last).or(Some(SystemTime::now()));
         }

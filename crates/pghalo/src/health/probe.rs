@@ -1,6 +1,8 @@
-//! One check of one node: a connection of its own (kept between checks,
-//! made again when broken), one prepared query, and the answer read into a
-//! [`Probe`] or the failure sorted into a [`CheckErrorKind`].
+//! One check of one node: a connection of its own, one prepared query,
+//! and the answer read into a [`Probe`] or the failure sorted into a
+//! [`CheckErrorKind`]. Every check opens a new connection (and closes it):
+//! a postmaster that hangs or died while its old backends live on would go
+//! unnoticed on a kept connection, whose backend still answers.
 
 use std::time::Duration;
 
@@ -103,9 +105,7 @@ pub(super) async fn check(
             format!("no answer within {}", shown(settings.timeout)),
         )),
     };
-    if outcome.is_err() {
-        *conn = None;
-    }
+    *conn = None;
     outcome
 }
 

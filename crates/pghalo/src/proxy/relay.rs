@@ -98,6 +98,9 @@ pub(super) enum End {
     IdleTimeout,
     /// A server connection could not be had (the error is sent).
     NoServer(ClientError),
+    /// The session's node left the topology (failed over, fenced,
+    /// detached): the session ends rather than go on there.
+    NodeRetired(String),
 }
 
 /// A client's session-level settings, which follow it across server
@@ -721,6 +724,9 @@ impl<'a> Relay<'a> {
                 continue;
             }
             if self.planned.is_none() && self.request_starts(tag) {
+                if let Some(why) = self.node_retired() {
+                    return Some(End::NodeRetired(why));
+                }
                 match self.answer_show(tag, total) {
                     None => return None,
                     Some(true) => continue,
@@ -981,6 +987,33 @@ impl<'a> Relay<'a> {
         self.queue.push_back(Expect::Synthetic(replies.freeze()));
         self.emit_synthetic();
         true
+    }
+
+    /// Why the node of the session's server connection must not serve it
+    /// any more, if it must not: another node was taken as primary in its
+    /// place, it claims a primary's role it does not have, or a decision
+    /// detached it. A node merely failing a check is not reason enough.
+    fn node_retired(&self) -> Option<String> {
+        self.server.as_ref()?;
+        let snapshot = self.proxy.topology()?;
+        let node = snapshot.node(crate::cluster::NodeId(self.key.node))?;
+        let retired = node.detached
+            || matches!(node.role, crate::cluster::Role::FalsePrimary(_))
+            || (node.role == crate::cluster::Role::Unknown
+                && node.role_epoch > crate::cluster::Epoch::ZERO);
+        retired.then(|| {
+            if node.detached {
+                format!(
+                    "terminating connection because node {} was detached",
+                    node.name
+                )
+            } else {
+                format!(
+                    "terminating connection because node {} is no longer the primary",
+                    node.name
+                )
+            }
+        })
     }
 
     /// Whether a message starts a request the relay may route anew.
@@ -1764,6 +1797,9 @@ impl<'a> Relay<'a> {
                 "terminating connection due to client_idle_limit",
             )),
             End::NoServer(error) => Some(error.clone()),
+            End::NodeRetired(why) => {
+                Some(ClientError::fatal(SqlState::ADMIN_SHUTDOWN, why.clone()))
+            }
             End::ClientTerminated | End::ClientGone => None,
         };
         if let Some(error) = reply {
