@@ -164,6 +164,7 @@ impl Daemon {
             watcher.clone(),
         );
         proxy.set_catalog_refresh(catalog.refresher());
+        proxy.set_monitor(monitor.waker());
         let coordinator = Arc::new(Solo::new());
         let failover = FailoverTask::start(
             failover_settings,
@@ -478,6 +479,7 @@ pub fn proxy_settings(config: &Config, backend_tls: &BackendTls) -> ProxySetting
         max_message_len: 1 << 30,
         pool_mode: config.pool.mode,
         client_idle_limit: config.listen.client_idle_limit.limit(),
+        wait_for_primary: config.failover.wait_for_primary.as_duration(),
     }
 }
 

@@ -175,6 +175,17 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The server could not be reached or vanished (as opposed to a server
+    /// that answered and refused): what may mean it died.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Connect { .. } | BackendError::Timeout { .. } | BackendError::Lost { .. }
+        )
+    }
+}
+
+impl BackendError {
     /// The SQLSTATE a client is told when this stops its session.
     pub fn sqlstate(&self) -> SqlState {
         match self {

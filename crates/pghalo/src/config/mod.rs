@@ -422,6 +422,10 @@ pub struct FailoverConfig {
     /// How long a standby may take to stream from the new primary before
     /// it is reported as unable to follow.
     pub follow_primary_timeout: ConfigDuration,
+    /// How long a new session or transaction that needs the primary waits
+    /// while the primary is down (for a failover, or for it to come back)
+    /// before it gets an error. 0 = no wait.
+    pub wait_for_primary: ConfigDuration,
 }
 
 impl Default for FailoverConfig {
@@ -435,6 +439,7 @@ impl Default for FailoverConfig {
             max_lag_on_failover: ByteSize(0),
             promote_timeout: ConfigDuration::from_secs(60),
             follow_primary_timeout: ConfigDuration::from_secs(30),
+            wait_for_primary: ConfigDuration::from_secs(10),
         }
     }
 }

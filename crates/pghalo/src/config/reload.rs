@@ -247,9 +247,10 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
     d.plan
 }
 
-/// Restart-only for now: the failover task reads its settings once.
+/// Restart-only for now (the failover task reads its settings once), but
+/// wait_for_primary, which sessions read.
 fn diff_failover(d: &mut Diff, old: &Config, new: &Config) {
-    use Applies::Restart;
+    use Applies::{Live, Restart};
     let (o, n) = (&old.failover, &new.failover);
     let key = |name: &str| format!("failover.{name}");
     d.field(
@@ -299,6 +300,12 @@ fn diff_failover(d: &mut Diff, old: &Config, new: &Config) {
         &key("follow_primary_timeout"),
         &o.follow_primary_timeout,
         &n.follow_primary_timeout,
+    );
+    d.field(
+        Live,
+        &key("wait_for_primary"),
+        &o.wait_for_primary,
+        &n.wait_for_primary,
     );
 }
 

@@ -53,6 +53,8 @@ pub struct ProxySettings {
     pub pool_mode: crate::config::PoolMode,
     /// pgpool's client_idle_limit; None: no limit.
     pub client_idle_limit: Option<Duration>,
+    /// How long a request that needs a primary that is down waits for one.
+    pub wait_for_primary: Duration,
 }
 
 /// Where the topology comes from, set once by the daemon.
@@ -91,6 +93,9 @@ pub struct Proxy {
     counters: Box<[NodeCounters]>,
     /// Client sessions past authentication.
     sessions: std::sync::atomic::AtomicUsize,
+    /// Asks the replication monitor for checks now (a backend a session
+    /// could not reach).
+    monitor: std::sync::OnceLock<crate::health::MonitorWaker>,
     /// Asks for pg_proc to be read again (after a session's DDL).
     catalog_refresh: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
@@ -157,6 +162,7 @@ impl Proxy {
             routing: ArcSwap::from_pointee(Routing::primary_only()),
             sessions: std::sync::atomic::AtomicUsize::new(0),
             catalog_refresh: std::sync::OnceLock::new(),
+            monitor: std::sync::OnceLock::new(),
         })
     }
 
@@ -239,6 +245,63 @@ impl Proxy {
             .get()
             .and_then(|view| view.snapshot().primary)
             .map_or_else(|| self.settings.load().primary, |id| id.index())
+    }
+
+    /// `node`, or, when `node` is the primary and down, the primary once
+    /// one is up again (a failover, or the node back), waiting at most
+    /// `wait_for_primary`; after that `node` all the same, and the caller
+    /// gets the usual connection error.
+    pub(crate) async fn primary_when_up(&self, node: usize) -> usize {
+        let Some(view) = self.cluster.0.get() else {
+            return node;
+        };
+        let snapshot = view.snapshot();
+        let down_primary = snapshot.primary == Some(crate::cluster::NodeId(node))
+            && snapshot
+                .node(crate::cluster::NodeId(node))
+                .is_some_and(|n| n.status == crate::cluster::Status::Down);
+        let limit = self.settings.load().wait_for_primary;
+        if !down_primary || limit.is_zero() {
+            return node;
+        }
+        let up = view
+            .wait_for(limit, |s| {
+                s.primary_node()
+                    .is_some_and(|p| p.status == crate::cluster::Status::Up)
+            })
+            .await;
+        match up {
+            Ok(s) => s.primary.map_or(node, |p| p.index()),
+            Err(_) => node,
+        }
+    }
+
+    /// Lets sessions ask for immediate checks.
+    pub fn set_monitor(&self, waker: crate::health::MonitorWaker) {
+        let _ = self.monitor.set(waker);
+    }
+
+    /// A session could not reach `node`: has every node checked now, waits
+    /// for `node`'s check, and, when it is the primary and down, for a
+    /// primary that is up (see [`Self::primary_when_up`]). The node to try
+    /// next: `node` itself when nothing better is known.
+    pub(crate) async fn after_unreachable(&self, node: usize) -> usize {
+        let (Some(view), Some(monitor)) = (self.cluster.0.get(), self.monitor.get()) else {
+            return node;
+        };
+        let asked = std::time::SystemTime::now();
+        monitor.check_now();
+        let id = crate::cluster::NodeId(node);
+        // A check answers within sr_check_timeout; wait_for_primary bounds
+        // the whole wait the client sees.
+        let limit = self.settings.load().wait_for_primary;
+        let _ = view
+            .wait_for(limit, |s| {
+                s.node(id)
+                    .is_some_and(|n| n.last_check.is_some_and(|at| at >= asked))
+            })
+            .await;
+        self.primary_when_up(node).await
     }
 
     /// Applies a reload: new clients see the new files and settings at once;

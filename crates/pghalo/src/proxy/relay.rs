@@ -35,7 +35,7 @@ use crate::admin::show;
 use crate::backend::{BackendCredentials, BackendError, ServerAddr};
 use crate::config::PoolMode;
 use crate::net::{READ_CHUNK, Stream};
-use crate::pool::{PoolKey, PooledConnection};
+use crate::pool::{PoolError, PoolKey, PooledConnection};
 use crate::router::Classification;
 
 /// Above this much unsent output in one direction, stop reading input for
@@ -361,6 +361,9 @@ impl<'a> Relay<'a> {
         if self.server.is_some() {
             return Ok(());
         }
+        // A primary that is down: wait for it, or for its successor.
+        let node = self.proxy.primary_when_up(self.key.node).await;
+        self.retarget(node);
         let pooled = match self.parked.get_mut(self.key.node).and_then(Option::take) {
             Some(mut parked) => {
                 let node = self.key.node;
@@ -381,14 +384,42 @@ impl<'a> Relay<'a> {
                 }
                 parked
             }
-            None => self
+            None => match self
                 .proxy
                 .pools
                 .checkout(&self.key, &self.addr, &self.credentials)
                 .await
-                .map_err(ClientError::from)?,
+            {
+                Ok(pooled) => pooled,
+                Err(PoolError::Backend(e)) if e.is_unreachable() => {
+                    // Maybe the primary just died: have it checked now, and
+                    // if it is down, wait for it or its successor once.
+                    let failed = self.key.node;
+                    let node = self.proxy.after_unreachable(failed).await;
+                    if node == failed {
+                        return Err(ClientError::from(PoolError::Backend(e)));
+                    }
+                    self.retarget(node);
+                    self.proxy
+                        .pools
+                        .checkout(&self.key, &self.addr, &self.credentials)
+                        .await
+                        .map_err(ClientError::from)?
+                }
+                Err(e) => return Err(ClientError::from(e)),
+            },
         };
         self.adopt(pooled).await
+    }
+
+    /// Points the next checkout at `node`.
+    fn retarget(&mut self, node: usize) {
+        if node != self.key.node
+            && let Some(addr) = self.proxy.settings().backends.get(node).cloned()
+        {
+            self.key.node = node;
+            self.addr = addr;
+        }
     }
 
     /// Moves the session to `node` between requests: the current server
