@@ -256,7 +256,10 @@ pub struct DaemonConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamingReplicationConfig {
-    /// pgpool sr_check_period: how often each node is asked. 0 = each node
+    /// pgpool sr_check_period: how often each node is asked (default 1 s,
+    /// not pgpool's 10 s: the check is also pghalo's health check, and a
+    /// hung primary is noticed one period plus one timeout after it hangs).
+    /// 0 = each node
     /// is asked until it answers once, at start, and then only when the
     /// configuration changes (pgpool still finds the primary at start with
     /// 0; it then measures no lag, and neither does pghalo).
@@ -295,7 +298,7 @@ pub struct StreamingReplicationConfig {
 impl Default for StreamingReplicationConfig {
     fn default() -> Self {
         StreamingReplicationConfig {
-            sr_check_period: ConfigDuration::from_secs(10),
+            sr_check_period: ConfigDuration::from_secs(1),
             sr_check_timeout: ConfigDuration::from_secs(10),
             sr_check_user: String::new(),
             sr_check_password: ConfigPassword::FromPoolPasswd,
@@ -683,7 +686,7 @@ mod tests {
         assert_eq!(b.data_directory, None);
         assert!(b.flags.allows_failover() && !b.flags.always_primary);
         let sr = &c.streaming_replication;
-        assert_eq!(sr.sr_check_period, ConfigDuration::from_secs(10));
+        assert_eq!(sr.sr_check_period, ConfigDuration::from_secs(1));
         assert_eq!(sr.sr_check_timeout, ConfigDuration::from_secs(10));
         assert_eq!(sr.sr_check_user, "");
         assert!(sr.sr_check_password.is_empty());

@@ -611,7 +611,7 @@ port = 5432
         let old = config("");
         let new = config(
             "[auth]\npool_key_file = \"key\"\n\
-             [streaming_replication]\nsr_check_period = \"1s\"\nsr_check_timeout = \"3s\"\n\
+             [streaming_replication]\nsr_check_period = \"2s\"\nsr_check_timeout = \"3s\"\n\
              sr_check_user = \"monitor\"\nsr_check_password = \"TEXTtopsecret\"\n\
              sr_check_database = \"pghalo\"\ndelay_threshold = \"16MB\"\n\
              delay_threshold_by_time = 1500\nprefer_lower_delay_standby = true\n\
@@ -629,7 +629,7 @@ port = 5432
             plan.live,
             [
                 "auth.pool_key_file: (none) -> /etc/pghalo/key",
-                "streaming_replication.sr_check_period: 10s -> 1s",
+                "streaming_replication.sr_check_period: 1s -> 2s",
                 "streaming_replication.sr_check_timeout: 10s -> 3s",
                 "streaming_replication.sr_check_user: \"\" -> \"monitor\"",
                 "streaming_replication.sr_check_password: changed",

@@ -107,7 +107,7 @@ mod tests {
     fn disabled_without_a_user() {
         let s = MonitorSettings::from_config(&config(""), &PasswordFile::default()).unwrap();
         assert!(!s.enabled());
-        assert_eq!(s.period, Duration::from_secs(10));
+        assert_eq!(s.period, Duration::from_secs(1));
         assert_eq!(s.targets[0].port, 5432);
     }
 
