@@ -753,7 +753,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::cluster::{CheckError, CheckErrorKind, Epoch, NodeId, NodeLsns};
+    use crate::cluster::{CheckError, CheckErrorKind, Epoch, NodeId};
     use crate::config::{BackendFlags, BackendHost};
 
     #[test]
@@ -818,27 +818,17 @@ mod tests {
 
     fn node(id: usize, host: BackendHost, port: u16) -> NodeState {
         NodeState {
-            id: NodeId(id),
-            name: format!("pg{id}"),
-            host,
-            port,
-            weight: 1.0,
-            flags: BackendFlags::default(),
-            role: Role::Unknown,
             role_epoch: Epoch(1),
-            status: Status::Waiting,
-            in_recovery: None,
             timeline: Some(1),
-            lsn: NodeLsns::default(),
-            lag_bytes: None,
-            lag_time: None,
-            last_check: None,
-            last_check_duration: None,
-            status_changed: None,
-            detached: false,
-            last_answer: None,
-            last_error: None,
             server_version: Some(170_000),
+            ..NodeState::configured(
+                NodeId(id),
+                format!("pg{id}"),
+                host,
+                port,
+                1.0,
+                BackendFlags::default(),
+            )
         }
     }
 

@@ -104,6 +104,63 @@ pub struct NodeLsns {
 }
 
 impl NodeState {
+    /// A configured node nothing has been observed about: waiting, role
+    /// unknown, at epoch 0.
+    pub fn configured(
+        id: NodeId,
+        name: String,
+        host: BackendHost,
+        port: u16,
+        weight: f64,
+        flags: BackendFlags,
+    ) -> NodeState {
+        NodeState {
+            id,
+            name,
+            host,
+            port,
+            weight,
+            flags,
+            role: Role::Unknown,
+            role_epoch: Epoch::ZERO,
+            status: Status::Waiting,
+            in_recovery: None,
+            timeline: None,
+            lsn: NodeLsns::default(),
+            lag_bytes: None,
+            lag_time: None,
+            last_check: None,
+            last_check_duration: None,
+            status_changed: None,
+            detached: false,
+            last_answer: None,
+            last_error: None,
+            server_version: None,
+        }
+    }
+
+    /// For unit tests: `node<id>` on 127.0.0.1, weight 1, up in `role` on
+    /// timeline 1 (in recovery unless primary), observed at epoch 1.
+    #[cfg(test)]
+    pub(crate) fn up_for_test(id: usize, role: Role) -> NodeState {
+        NodeState {
+            role,
+            role_epoch: Epoch(1),
+            status: Status::Up,
+            in_recovery: Some(role != Role::Primary),
+            timeline: Some(1),
+            server_version: Some(150_000),
+            ..NodeState::configured(
+                NodeId(id),
+                format!("node{id}"),
+                BackendHost::Tcp("127.0.0.1".into()),
+                5432,
+                1.0,
+                BackendFlags::default(),
+            )
+        }
+    }
+
     /// Up, and a primary or a standby: a node the data path may use.
     /// Whether a standby is too far behind is `LagLimits`' question.
     pub fn is_routable(&self) -> bool {

@@ -88,32 +88,20 @@ impl NodeTable {
             .enumerate()
             .map(|(index, b)| Entry {
                 state: NodeState {
-                    id: NodeId(index),
-                    name: b.name.clone(),
-                    host: b.host.clone(),
-                    port: b.port,
-                    weight: b.weight,
-                    flags: b.flags,
                     // Configuration, not an observation: epoch 0.
                     role: if always_primary == Some(NodeId(index)) {
                         Role::Primary
                     } else {
                         Role::Unknown
                     },
-                    role_epoch: Epoch::ZERO,
-                    status: Status::Waiting,
-                    in_recovery: None,
-                    timeline: None,
-                    lsn: NodeLsns::default(),
-                    lag_bytes: None,
-                    lag_time: None,
-                    last_check: None,
-                    last_check_duration: None,
-                    status_changed: None,
-                    detached: false,
-                    last_answer: None,
-                    last_error: None,
-                    server_version: None,
+                    ..NodeState::configured(
+                        NodeId(index),
+                        b.name.clone(),
+                        b.host.clone(),
+                        b.port,
+                        b.weight,
+                        b.flags,
+                    )
                 },
                 replay_delay: None,
                 checked: false,

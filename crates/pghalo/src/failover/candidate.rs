@@ -66,35 +66,15 @@ pub fn choose_candidate(
 mod tests {
     use super::*;
     use crate::cluster::{Epoch, NodeLsns};
-    use crate::config::{BackendFlags, BackendHost};
 
     fn node(id: usize, role: Role, receive: Option<u64>) -> NodeState {
         NodeState {
-            id: NodeId(id),
-            name: format!("node{id}"),
-            host: BackendHost::Tcp("127.0.0.1".into()),
-            port: 5432,
-            weight: 1.0,
-            flags: BackendFlags::default(),
-            role,
-            role_epoch: Epoch(1),
-            status: Status::Up,
-            in_recovery: Some(role != Role::Primary),
-            timeline: Some(1),
             lsn: NodeLsns {
                 current: (role == Role::Primary).then_some(Lsn(1000)),
                 receive: receive.map(Lsn),
                 replay: receive.map(|r| Lsn(r.saturating_sub(10))),
             },
-            lag_bytes: None,
-            lag_time: None,
-            last_check: None,
-            last_check_duration: None,
-            status_changed: None,
-            detached: false,
-            last_answer: None,
-            last_error: None,
-            server_version: Some(150000),
+            ..NodeState::up_for_test(id, role)
         }
     }
 

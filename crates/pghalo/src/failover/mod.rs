@@ -91,15 +91,7 @@ impl FailoverSettings {
             max_lag: Some(f.max_lag_on_failover.bytes()).filter(|b| *b > 0),
             promote_timeout: f.promote_timeout.as_duration(),
             follow_timeout: f.follow_primary_timeout.as_duration(),
-            targets: config
-                .backends
-                .iter()
-                .map(|b| Target {
-                    name: b.name.clone(),
-                    host: b.host.clone(),
-                    port: b.port,
-                })
-                .collect(),
+            targets: Target::all(config),
         })
     }
 }

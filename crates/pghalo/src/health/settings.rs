@@ -33,6 +33,21 @@ pub struct Target {
     pub port: u16,
 }
 
+impl Target {
+    /// Every `[[backend]]`, by node id.
+    pub fn all(config: &Config) -> Vec<Target> {
+        config
+            .backends
+            .iter()
+            .map(|b| Target {
+                name: b.name.clone(),
+                host: b.host.clone(),
+                port: b.port,
+            })
+            .collect()
+    }
+}
+
 impl MonitorSettings {
     /// The settings of `config`. `pool_passwd` is the file the daemon has
     /// loaded (ignored when `auth.pool_passwd` is off); the pool key is
@@ -64,15 +79,7 @@ impl MonitorSettings {
             password,
             missing_password,
             database: sr.sr_check_database.clone(),
-            targets: config
-                .backends
-                .iter()
-                .map(|b| Target {
-                    name: b.name.clone(),
-                    host: b.host.clone(),
-                    port: b.port,
-                })
-                .collect(),
+            targets: Target::all(config),
         })
     }
 

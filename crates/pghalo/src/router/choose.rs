@@ -126,21 +126,11 @@ mod tests {
 
     use super::*;
     use crate::cluster::{Epoch, NodeLsns, Status};
-    use crate::config::{BackendFlags, BackendHost};
 
     fn node(id: usize, role: Role, weight: f64, lag: Option<u64>) -> NodeState {
         NodeState {
-            id: NodeId(id),
-            name: format!("node{id}"),
-            host: BackendHost::Tcp("127.0.0.1".into()),
             port: 5432 + id as u16,
             weight,
-            flags: BackendFlags::default(),
-            role,
-            role_epoch: Epoch(1),
-            status: Status::Up,
-            in_recovery: Some(role != Role::Primary),
-            timeline: Some(1),
             lsn: NodeLsns {
                 current: None,
                 receive: None,
@@ -148,13 +138,7 @@ mod tests {
             },
             lag_bytes: lag,
             lag_time: lag.map(|_| Duration::ZERO),
-            last_check: None,
-            last_check_duration: None,
-            status_changed: None,
-            detached: false,
-            last_answer: None,
-            last_error: None,
-            server_version: Some(150000),
+            ..NodeState::up_for_test(id, role)
         }
     }
 
