@@ -323,7 +323,6 @@ async fn measure_pgpool(lab: &Lab, dir: &std::path::Path, fault: Fault) -> Resul
          health_check_period = 5\nhealth_check_timeout = 30\nhealth_check_max_retries = 3\n\
          health_check_retry_delay = 1\nhealth_check_user = 'postgres'\nhealth_check_password = ''\n\
          failover_on_backend_error = on\nfailover_command = '{promote}'\n\
-         search_primary_node_timeout = 0\n\
          use_watchdog = off\nmemory_cache_enabled = off\nmemqcache_oiddir = '{d}/oiddir'\n\
          log_destination = 'stderr'\nlogging_collector = off\nlog_min_messages = warning\n\
          pid_file_name = '{d}/pgpool.pid'\nlogdir = '{d}'\n"

@@ -17,6 +17,16 @@ use pghalo::cluster::{NodeId, Role};
 use pghalo::coordinator::{Coordinator, Decision};
 use pghalo::daemon::Daemon;
 
+/// pghalo's logs in the test output when RUST_LOG asks for them.
+fn trace() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// The pid in the first line of a data directory's postmaster.pid.
 fn postmaster_pid(lab: &pghalo::lab::Lab, node: &str) -> i32 {
     let text = std::fs::read_to_string(lab.dir().join(node).join("postmaster.pid")).unwrap();
@@ -48,12 +58,7 @@ async fn write_through(port: u16, password: &str, value: i32, limit: Duration) -
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
+    trace();
     let test_lab = TestLab::build("failover-kill", |_| {});
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
@@ -346,6 +351,7 @@ impl Drop for Resume {
 /// of writing there; resumed, the old primary is fenced.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_primary_is_replaced_within_the_check_timeout() {
+    trace();
     let test_lab = TestLab::build("failover-hang", |_| {});
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
@@ -424,5 +430,91 @@ async fn a_hung_primary_is_replaced_within_the_check_timeout() {
         .unwrap()
         .get(0);
     assert_eq!(old, 0, "a write reached the hung old primary");
+    daemon.stop();
+}
+
+/// Where 90 reads of `client` landed, by node (the lab's `ports`).
+async fn read_spread(client: &tokio_postgres::Client, ports: &[i32]) -> [usize; 3] {
+    let mut landed = [0usize; 3];
+    for _ in 0..90 {
+        let port: i32 = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        landed[ports.iter().position(|p| *p == port).unwrap()] += 1;
+    }
+    landed
+}
+
+/// A standby killed: reads go on on the other nodes, nothing is promoted;
+/// restarted, it serves reads again (failback).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_standby_loses_its_reads_and_gets_them_back() {
+    trace();
+    let test_lab = TestLab::build("failover-standby", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    let sections = format!(
+        "[load_balance]\nstatement_level_load_balance = true\n\n{}\n[failover]\nrecovery_user = \"postgres\"\nrecovery_password = \"TEXT{password}\"\n",
+        monitor_section(lab, "")
+    );
+    let config = routing_config(lab, "failover-standby", &sections, &[]);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let client = pg_connect(&conninfo(config.port, "postgres", &password))
+        .await
+        .unwrap();
+    let ports: Vec<i32> = lab
+        .manifest
+        .nodes
+        .iter()
+        .map(|n| i32::from(n.port))
+        .collect();
+    let before = read_spread(&client, &ports).await;
+    assert!(
+        before[2] > 0,
+        "node2 served no reads to begin with: {before:?}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster_pid(lab, "node2")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let down = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            s.nodes[2].status == pghalo::cluster::Status::Down
+        })
+        .await;
+    assert!(down.is_ok(), "{down:#?}");
+    let during = read_spread(&client, &ports).await;
+    assert_eq!(during[2], 0, "reads reached the dead standby: {during:?}");
+    assert!(during[1] > 0, "{during:?}");
+    assert_eq!(
+        daemon.cluster().snapshot().primary,
+        Some(NodeId(0)),
+        "a standby's death must not fail the primary over"
+    );
+    assert!(daemon.coordinator().events().is_empty());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match lab.start_node("node2").await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "node2 does not start: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let back = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| s.nodes[2].is_routable())
+        .await;
+    assert!(back.is_ok(), "{back:#?}");
+    let after = read_spread(&client, &ports).await;
+    assert!(after[2] > 0, "node2 got no reads back: {after:?}");
     daemon.stop();
 }

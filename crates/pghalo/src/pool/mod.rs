@@ -360,6 +360,12 @@ impl PooledConnection {
         self.conn.as_mut()
     }
 
+    /// Whether an idle connection held aside (a session's parked one) is
+    /// still usable: the server has not closed it nor said anything.
+    pub fn still_open(&mut self) -> bool {
+        self.conn.as_mut().is_some_and(still_open)
+    }
+
     /// Gives the connection back. `reset` runs the reset queries first
     /// (session mode). A connection that is not idle, fails its reset,
     /// or has outlived `max_lifetime` is closed instead.

@@ -244,6 +244,8 @@ pub(super) struct Relay<'a> {
     unnamed: Option<(usize, Option<Routed>)>,
     /// A DDL statement ran since the transaction began.
     ddl_ran: bool,
+    /// The idle standby connection announced its end: let it go.
+    standby_gone: bool,
     /// Statements the client prepared for pgpool SHOW commands, which
     /// pghalo answers itself.
     show_statements: HashMap<Vec<u8>, show::ShowCommand>,
@@ -342,6 +344,7 @@ impl<'a> Relay<'a> {
             release_parked: false,
             show_statements: HashMap::new(),
             ddl_ran: false,
+            standby_gone: false,
         }
     }
 
@@ -364,7 +367,18 @@ impl<'a> Relay<'a> {
         // A primary that is down: wait for it, or for its successor.
         let node = self.proxy.primary_when_up(self.key.node).await;
         self.retarget(node);
-        let pooled = match self.parked.get_mut(self.key.node).and_then(Option::take) {
+        // A parked connection whose server went away (a standby that died
+        // and came back) is dropped, and a fresh one checked out.
+        let parked = self
+            .parked
+            .get_mut(self.key.node)
+            .and_then(Option::take)
+            .and_then(|mut p| p.still_open().then_some(p));
+        if parked.is_none() {
+            let node = self.key.node;
+            self.stale.retain(|(n, _)| *n != node);
+        }
+        let pooled = match parked {
             Some(mut parked) => {
                 let node = self.key.node;
                 let stale: Vec<String> = self
@@ -392,10 +406,14 @@ impl<'a> Relay<'a> {
             {
                 Ok(pooled) => pooled,
                 Err(PoolError::Backend(e)) if e.is_unreachable() => {
-                    // Maybe the primary just died: have it checked now, and
-                    // if it is down, wait for it or its successor once.
+                    // Maybe the node just died: have it checked now. A
+                    // primary that is down is waited for (or its
+                    // successor); a standby's read goes to the primary.
                     let failed = self.key.node;
-                    let node = self.proxy.after_unreachable(failed).await;
+                    let mut node = self.proxy.after_unreachable(failed).await;
+                    if node == failed && self.balancing && failed != self.proxy.primary_node() {
+                        node = self.proxy.primary_node();
+                    }
                     if node == failed {
                         return Err(ClientError::from(PoolError::Backend(e)));
                     }
@@ -563,6 +581,10 @@ impl<'a> Relay<'a> {
             if let Err(end) = self.process_server() {
                 return end;
             }
+            if std::mem::take(&mut self.standby_gone) {
+                self.let_standby_go();
+                continue;
+            }
             if self.route.wants_write_position() && self.in_sync() && self.tx_status == b'I' {
                 self.read_write_position().await;
             }
@@ -590,6 +612,9 @@ impl<'a> Relay<'a> {
                     return End::ClientGone;
                 }
                 Io::ServerRead(Ok(0)) | Io::ServerRead(Err(_)) | Io::ServerWrote(Err(_)) => {
+                    if self.standby_lost_while_idle() {
+                        continue;
+                    }
                     return End::ServerGone;
                 }
                 Io::ClientRead(Ok(n)) => {
@@ -1018,6 +1043,45 @@ impl<'a> Relay<'a> {
         self.queue.push_back(Expect::Synthetic(replies.freeze()));
         self.emit_synthetic();
         true
+    }
+
+    /// A read-only server connection (not the primary's) that died while
+    /// nothing was outstanding on it is let go: the session's next request
+    /// goes to a node that is up, with its settings replayed there. Only a
+    /// session whose state lives on the primary alone could not go on, and
+    /// such a session never reads from a standby.
+    fn standby_lost_while_idle(&mut self) -> bool {
+        if !self.standby_may_go() {
+            return false;
+        }
+        self.let_standby_go();
+        true
+    }
+
+    /// Whether the server connection is a standby's that the session does
+    /// not need: nothing outstanding, no transaction, no request arriving.
+    fn standby_may_go(&self) -> bool {
+        let primary = self
+            .proxy
+            .topology()
+            .and_then(|s| s.primary)
+            .map_or_else(|| self.proxy.primary_node(), |id| id.index());
+        self.balancing
+            && self.key.node != primary
+            && self.in_sync()
+            && self.tx_status == b'I'
+            && self.cin.is_empty()
+    }
+
+    fn let_standby_go(&mut self) {
+        tracing::debug!(
+            client = self.cancel.pid,
+            node = self.key.node,
+            "standby connection lost while idle"
+        );
+        self.cancel.set_target(None);
+        // Dropped: closed, never pooled.
+        self.server = None;
     }
 
     /// Why the node of the session's server connection must not serve it
@@ -1642,6 +1706,13 @@ impl<'a> Relay<'a> {
                     self.server_fatal =
                         matches!(severity, Some(be::Severity::Fatal | be::Severity::Panic));
                     self.proxy.count_error(self.key.node, severity);
+                    // A standby ending an idle connection (its postmaster
+                    // died, an admin shutdown): not the client's business.
+                    if self.server_fatal && self.queue.is_empty() && self.standby_may_go() {
+                        self.server_fatal = false;
+                        self.standby_gone = true;
+                        return;
+                    }
                 }
                 self.server_error();
             }
