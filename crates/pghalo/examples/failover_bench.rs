@@ -437,11 +437,18 @@ fn main() -> std::process::ExitCode {
         }
     };
     let mut failed = false;
-    let mut proxies = vec![(Proxy::Pghalo, "pghalo")];
-    if std::path::Path::new(PGPOOL).exists() && std::env::var("BENCH_SKIP_PGPOOL").is_err() {
-        proxies.push((Proxy::Pgpool, "pgpool-II"));
-    } else {
-        println!("pgpool-II: not installed ({PGPOOL}) or BENCH_SKIP_PGPOOL set: not compared");
+    // BENCH_ONLY=pghalo or BENCH_ONLY=pgpool runs one side.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let mut proxies = Vec::new();
+    if only != "pgpool" {
+        proxies.push((Proxy::Pghalo, "pghalo"));
+    }
+    if only != "pghalo" {
+        if std::path::Path::new(PGPOOL).exists() && std::env::var("BENCH_SKIP_PGPOOL").is_err() {
+            proxies.push((Proxy::Pgpool, "pgpool-II"));
+        } else {
+            println!("pgpool-II: not installed ({PGPOOL}) or BENCH_SKIP_PGPOOL set: not compared");
+        }
     }
     let cases = proxies.iter().flat_map(|&(proxy, who)| {
         [(Fault::Kill, "SIGKILL"), (Fault::Hang, "SIGSTOP")]
