@@ -11,13 +11,13 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::backend::{BackendTls, ServerAddr};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Epoch};
 use crate::config::hba::HbaRules;
 use crate::config::passwd::PasswordFile;
 use crate::config::{
     BackendHost, BackendTlsMode, Config, ConfigError, ListenAddress, ReloadPlan, reload_plan,
 };
-use crate::coordinator::Solo;
+use crate::coordinator::{Solo, StateFile, StateKeeper};
 use crate::failover::{FailoverSettings, FailoverTask};
 use crate::health::{CatalogLoader, MonitorSettings, ReplicationMonitor};
 use crate::net::tls::{ClientTls, ServerTls, TlsError};
@@ -78,6 +78,8 @@ pub struct Daemon {
     coordinator: Arc<Solo>,
     /// Acts when the primary fails; stops when dropped.
     _failover: FailoverTask,
+    /// Writes the state file; stops when dropped.
+    _state_keeper: Option<StateKeeper>,
 }
 
 impl Daemon {
@@ -153,7 +155,33 @@ impl Daemon {
         }
         let tcp_addrs = tcp.iter().filter_map(|l| l.local_addr().ok()).collect();
         tokio::spawn(maintain_pools(proxy.clone(), watcher.clone()));
-        let cluster = Cluster::start(&config.backends);
+        let state_file = config.daemon.state_file.as_deref().map(StateFile::new);
+        let decided = match state_file.as_ref().map(StateFile::load) {
+            Some(Ok(decided)) => decided,
+            Some(Err(e)) => {
+                tracing::error!(
+                    "{e}; starting without it (a former primary is still kept out by its timeline)"
+                );
+                None
+            }
+            None => None,
+        };
+        let cluster = match &decided {
+            Some(d) => {
+                tracing::info!(
+                    primary = d.primary.as_ref().map(|p| p.name.as_str()),
+                    detached = ?d.detached,
+                    epoch = d.epoch,
+                    "taking over the decided state"
+                );
+                Cluster::start_decided(
+                    &config.backends,
+                    d.primary.as_ref().map(|p| (p.name.as_str(), p.timeline)),
+                    &d.detached,
+                )
+            }
+            None => Cluster::start(&config.backends),
+        };
         proxy.set_cluster(cluster.view());
         let monitor =
             ReplicationMonitor::start(monitor_settings, cluster.observer(), watcher.clone());
@@ -165,7 +193,13 @@ impl Daemon {
         );
         proxy.set_catalog_refresh(catalog.refresher());
         proxy.set_monitor(monitor.waker());
-        let coordinator = Arc::new(Solo::new());
+        let coordinator = Arc::new(match decided {
+            Some(d) => Solo::restore(Epoch(d.epoch), d.restored_events()),
+            None => Solo::new(),
+        });
+        let state_keeper = state_file.map(|file| {
+            StateKeeper::start(file, cluster.view(), coordinator.clone(), watcher.clone())
+        });
         let failover = FailoverTask::start(
             failover_settings,
             cluster.view(),
@@ -204,16 +238,17 @@ impl Daemon {
             _catalog: catalog,
             coordinator,
             _failover: failover,
+            _state_keeper: state_keeper,
         })
     }
 
-    /// The node table: roles, statuses and lag as the replication monitor
-    /// sees them.
     /// The committed topology decisions.
     pub fn coordinator(&self) -> &Solo {
         &self.coordinator
     }
 
+    /// The node table: roles, statuses and lag as the replication monitor
+    /// sees them.
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }

@@ -10,28 +10,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    TestLab, conninfo, monitor_section, node_client, pg_connect, routing_config, wait_for_replay,
-    wait_for_topology,
+    TestLab, conninfo, cut_off_from_wal, failover_section, monitor_section, node_client,
+    pg_connect, postmaster_pid, routing_config, trace, wait_for_replay, wait_for_topology,
 };
 use pghalo::cluster::{NodeId, Role};
 use pghalo::coordinator::{Coordinator, Decision};
 use pghalo::daemon::Daemon;
-
-/// pghalo's logs in the test output when RUST_LOG asks for them.
-fn trace() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-/// The pid in the first line of a data directory's postmaster.pid.
-fn postmaster_pid(lab: &pghalo::lab::Lab, node: &str) -> i32 {
-    let text = std::fs::read_to_string(lab.dir().join(node).join("postmaster.pid")).unwrap();
-    text.lines().next().unwrap().trim().parse().unwrap()
-}
 
 /// Tries a write through pghalo until one succeeds or `limit` passes.
 async fn write_through(port: u16, password: &str, value: i32, limit: Duration) -> Duration {
@@ -63,8 +47,10 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
     let sections = format!(
-        "{}\n[failover]\nrecovery_user = \"postgres\"\nrecovery_password = \"TEXT{password}\"\n",
-        monitor_section(lab, "")
+        "{}\n{}",
+        monitor_section(lab, ""),
+        // A short wait for the primary: the end of this test has none.
+        failover_section(lab, "wait_for_primary = \"3s\"\n")
     );
     let config = routing_config(lab, "failover-kill", &sections, &[]);
     let daemon = Daemon::start(&config.path()).await.unwrap();
@@ -84,39 +70,7 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
     // node1 is cut off from the WAL stream (pointed at a closed port) while
     // the primary writes more: node2 is then the most advanced standby and
     // must be the one promoted, although node1 comes first.
-    let node1 = node_client(lab, "node1", "postgres").await;
-    let conninfo_1: String = node1
-        .query_one("SELECT current_setting('primary_conninfo')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let primary_port = lab.node("node0").unwrap().port;
-    let cut_off = conninfo_1.replace(&format!("port={primary_port}"), "port=1");
-    assert_ne!(cut_off, conninfo_1, "{conninfo_1}");
-    node1
-        .batch_execute(&format!(
-            "ALTER SYSTEM SET primary_conninfo = '{}'",
-            cut_off.replace('\'', "''")
-        ))
-        .await
-        .unwrap();
-    node1
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node1
-        .query_opt(
-            "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .is_some()
-    {
-        assert!(Instant::now() < deadline, "node1 keeps streaming");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cut_off_from_wal(lab, "node1").await;
     client
         .batch_execute("INSERT INTO failover_probe SELECT -g FROM generate_series(1, 1000) g")
         .await
@@ -253,12 +207,14 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
     let events = daemon.coordinator().events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(
-        events[0].decision,
+        events[0].what,
         Decision::Promote {
             node: new,
             replaces: Some(NodeId(0))
         }
+        .to_string()
     );
+    assert!(events[0].epoch.is_some());
     assert!(events[0].reason.contains("node0"), "{:?}", events[0].reason);
 
     // The old primary comes back, still a primary on the old timeline: it
@@ -303,18 +259,7 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
     // A restarted pghalo takes the same primary, never the old one.
     daemon.stop();
     drop(daemon);
-    // The listeners close as their tasks see the stop.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let again = loop {
-        match Daemon::start(&config.path()).await {
-            Ok(daemon) => break daemon,
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "pghalo does not start again: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let again = restart(&config).await;
     let seen = again
         .cluster()
         .view()
@@ -328,8 +273,96 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
         seen.nodes[0].role,
         Role::FalsePrimary(_) | Role::Unknown
     ));
+    // The decisions survived the restart (the state file), and new ones
+    // would follow on from their epoch.
+    let summary = |events: Vec<pghalo::coordinator::Event>| -> Vec<_> {
+        events
+            .into_iter()
+            .map(|e| (e.epoch, e.what, e.reason))
+            .collect()
+    };
+    assert_eq!(summary(again.coordinator().events()), summary(events));
     write_through(config.port, &password, 3, Duration::from_secs(10)).await;
     again.stop();
+    drop(again);
+
+    // The new primary stops while pghalo is down, and the state file is
+    // lost: node0 (timeline 1) still claims, but node1 follows timeline 2,
+    // so node0 is a former primary and gets nothing.
+    lab.stop_node("node2", pghalo::lab::StopMode::Fast)
+        .await
+        .unwrap();
+    let state_file = config.path().with_file_name("pghalo.state");
+    let kept = std::fs::read(&state_file).unwrap();
+    std::fs::remove_file(&state_file).unwrap();
+    let restarted = restart(&config).await;
+    let seen = restarted
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            s.nodes.iter().all(|n| n.last_check.is_some())
+                && matches!(s.nodes[0].role, Role::FalsePrimary(_))
+        })
+        .await;
+    assert!(seen.is_ok(), "without the state file: {seen:#?}");
+    assert_no_session_reaches(&config, &password, lab.node("node0").unwrap().port).await;
+    restarted.stop();
+    drop(restarted);
+
+    // With node1 down too, only the state file knows: it names node2 on
+    // timeline 2, so node0 is still kept out.
+    lab.stop_node("node1", pghalo::lab::StopMode::Fast)
+        .await
+        .unwrap();
+    std::fs::write(&state_file, kept).unwrap();
+    let restarted = restart(&config).await;
+    let seen = restarted
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            s.nodes.iter().all(|n| n.last_check.is_some())
+                && matches!(s.nodes[0].role, Role::FalsePrimary(_))
+        })
+        .await;
+    let seen = seen.unwrap_or_else(|s| panic!("with the state file: {s:#?}"));
+    assert_eq!(seen.primary, Some(new));
+    assert_no_session_reaches(&config, &password, lab.node("node0").unwrap().port).await;
+    restarted.stop();
+}
+
+/// Starts pghalo again on `config` once the previous instance's listeners
+/// have closed.
+async fn restart(config: &common::ProxyConfig) -> Daemon {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Daemon::start(&config.path()).await {
+            Ok(daemon) => return daemon,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "pghalo does not start again: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// No session through pghalo runs on the node at `port`: a few sessions
+/// read the port they are on, and either get another node or an error
+/// (no primary, no standby up).
+async fn assert_no_session_reaches(config: &common::ProxyConfig, password: &str, port: u16) {
+    for i in 0..5 {
+        let attempt = async {
+            let c = pg_connect(&conninfo(config.port, "postgres", password)).await?;
+            c.query_one("SELECT inet_server_port()", &[]).await
+        };
+        if let Ok(row) = attempt.await {
+            assert_ne!(
+                row.get::<_, i32>(0),
+                i32::from(port),
+                "session {i} reached it"
+            );
+        }
+    }
 }
 
 /// Sends SIGCONT to a stopped postmaster when dropped, however the test
@@ -356,8 +389,9 @@ async fn a_hung_primary_is_replaced_within_the_check_timeout() {
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
     let sections = format!(
-        "{}\n[failover]\nrecovery_user = \"postgres\"\nrecovery_password = \"TEXT{password}\"\n",
-        monitor_section(lab, "")
+        "{}\n{}",
+        monitor_section(lab, ""),
+        failover_section(lab, "")
     );
     let config = routing_config(lab, "failover-hang", &sections, &[]);
     let daemon = Daemon::start(&config.path()).await.unwrap();
@@ -456,8 +490,9 @@ async fn a_killed_standby_loses_its_reads_and_gets_them_back() {
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
     let sections = format!(
-        "[load_balance]\nstatement_level_load_balance = true\n\n{}\n[failover]\nrecovery_user = \"postgres\"\nrecovery_password = \"TEXT{password}\"\n",
-        monitor_section(lab, "")
+        "[load_balance]\nstatement_level_load_balance = true\n\n{}\n{}",
+        monitor_section(lab, ""),
+        failover_section(lab, "")
     );
     let config = routing_config(lab, "failover-standby", &sections, &[]);
     let daemon = Daemon::start(&config.path()).await.unwrap();

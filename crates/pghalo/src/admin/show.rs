@@ -341,9 +341,10 @@ const POOL_NODES_COLUMNS: [&str; 14] = [
 /// - `replication_delay`: `0` on the primary; bytes of WAL, or with a time
 ///   limit configured `N.NNNNNN second(s)`, as pgpool; empty when the lag
 ///   is not known (pgpool has no such case: it keeps the last value).
-/// - `replication_state`, `replication_sync_state`: always empty (pghalo
-///   does not read pg_stat_replication yet; pgpool leaves them empty too
-///   when it cannot).
+/// - `replication_state`, `replication_sync_state`: a standby's walsender
+///   on the primary at its last check (`streaming`, `async` / `sync` /
+///   `quorum` / `potential`), matched by backend application_name; empty
+///   on the primary, and for a standby the primary does not stream to.
 /// - `last_status_change`: when the node's status or role last changed;
 ///   empty while neither has.
 fn pool_nodes(ctx: &ShowContext<'_>) -> ShowResult {
@@ -377,8 +378,14 @@ fn pool_nodes(ctx: &ShowContext<'_>) -> ShowResult {
                 counts(ctx, node).select.to_string(),
                 load_balance.to_string(),
                 replication_delay(node, &ctx.lag_limits),
-                String::new(),
-                String::new(),
+                node.replication
+                    .as_ref()
+                    .map(|r| r.state.clone())
+                    .unwrap_or_default(),
+                node.replication
+                    .as_ref()
+                    .map(|r| r.sync_state.clone())
+                    .unwrap_or_default(),
                 timestamp(node.status_changed),
             ])
         })

@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::BackendConfig;
 
-pub use observation::{CheckError, CheckErrorKind, Observation, Probe};
-pub use snapshot::{ClusterSnapshot, LagLimits, NodeLsns, NodeState};
+pub use observation::{CheckError, CheckErrorKind, Observation, Probe, Sender};
+pub use snapshot::{ClusterSnapshot, LagLimits, NodeLsns, NodeState, Replication};
 pub use types::{Epoch, FalsePrimary, Lsn, LsnError, NodeId, Role, Status};
 
 use table::{NodeTable, Notice, RoleChange};
@@ -58,7 +58,22 @@ impl Cluster {
     /// except an ALWAYS_PRIMARY node's), publishes it, and spawns the owner
     /// task. Needs a tokio runtime.
     pub fn start(backends: &[BackendConfig]) -> Cluster {
+        Cluster::start_decided(backends, None, &[])
+    }
+
+    /// As `start`, taking over a state file's decisions: `primary` (name,
+    /// timeline) is the known primary until observations show otherwise,
+    /// and the `detached` nodes stay detached. Names the configuration
+    /// does not have are logged and ignored.
+    pub fn start_decided(
+        backends: &[BackendConfig],
+        primary: Option<(&str, Option<u32>)>,
+        detached: &[String],
+    ) -> Cluster {
         let mut table = NodeTable::new(backends);
+        for name in table.restore(primary, detached) {
+            tracing::warn!(node = %name, "the state file names a node the configuration does not have; ignored");
+        }
         let first = Arc::new(table.snapshot());
         let current = Arc::new(ArcSwap::new(first.clone()));
         let (published, published_rx) = watch::channel(first.generation);
@@ -170,6 +185,10 @@ enum Input {
         node: NodeId,
         detached: bool,
     },
+    /// A committed promotion, acted on: `node` is the primary.
+    Primary {
+        node: NodeId,
+    },
 }
 
 /// The owner task has stopped (the [`Cluster`] was dropped).
@@ -193,6 +212,17 @@ impl Observer {
             .await
             .map_err(|_| ClusterClosed)
     }
+
+    /// Makes `node` the known primary (a committed promotion, done): from
+    /// now on any other node claiming the role is a false primary, even
+    /// one that is up and on the same timeline (a switchover's old
+    /// primary).
+    pub async fn set_primary(&self, node: NodeId) -> Result<(), ClusterClosed> {
+        self.tx
+            .send(Input::Primary { node })
+            .await
+            .map_err(|_| ClusterClosed)
+    }
 }
 
 impl NodeTable {
@@ -201,6 +231,10 @@ impl NodeTable {
             Input::Observed(observation) => self.observe(observation),
             Input::Detached { node, detached } => {
                 self.set_detached(node, detached);
+                None
+            }
+            Input::Primary { node } => {
+                self.set_primary(node);
                 None
             }
         }

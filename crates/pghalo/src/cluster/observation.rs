@@ -24,7 +24,7 @@ pub struct Probe {
     /// `pg_is_in_recovery()`: false means the node says it is a primary.
     pub in_recovery: bool,
     /// The node's timeline: on a primary the one it writes, on a standby
-    /// the one it receives (or its last restartpoint's when not streaming).
+    /// the newest it has received (see the probe), even when not streaming.
     pub timeline: Option<u32>,
     /// `pg_current_wal_lsn()`, on a node not in recovery.
     pub current_lsn: Option<Lsn>,
@@ -38,6 +38,22 @@ pub struct Probe {
     pub replay_delay: Option<Duration>,
     /// `server_version_num`.
     pub server_version: Option<u32>,
+    /// On a primary, its `synchronous_standby_names` (`""` when
+    /// replication is asynchronous); None on a standby.
+    pub synchronous_standby_names: Option<String>,
+    /// On a primary, one entry per walsender (`pg_stat_replication`).
+    pub senders: Vec<Sender>,
+}
+
+/// One walsender of a primary, as `pg_stat_replication` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// The standby's application_name (pgpool backend_application_name).
+    pub application_name: String,
+    /// `startup`, `catchup`, `streaming`, `backup`, `stopping`.
+    pub state: String,
+    /// `async`, `potential`, `sync` or `quorum`.
+    pub sync_state: String,
 }
 
 /// Why a check got no answer.

@@ -50,6 +50,8 @@ pub struct NodeState {
     pub id: NodeId,
     /// `[[backend]] name`.
     pub name: String,
+    /// The name it streams under (pgpool backend_application_name).
+    pub application_name: String,
     pub host: BackendHost,
     pub port: u16,
     /// pgpool backend_weight (changes on reload).
@@ -90,6 +92,21 @@ pub struct NodeState {
     pub last_error: Option<CheckError>,
     /// `server_version_num`.
     pub server_version: Option<u32>,
+    /// The `synchronous_standby_names` of the node's last answer as a
+    /// primary (kept when it goes down: the failover's synchronous rule
+    /// reads the dead primary's); None if it last answered as a standby.
+    pub synchronous_standby_names: Option<String>,
+    /// On a standby, how the primary's last answer showed its walsender;
+    /// None when the primary is not up or has no walsender for it.
+    pub replication: Option<Replication>,
+}
+
+/// A standby's stream as the primary reports it (SHOW POOL_NODES'
+/// replication_state and replication_sync_state).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replication {
+    pub state: String,
+    pub sync_state: String,
 }
 
 /// The WAL positions a node reported.
@@ -116,6 +133,7 @@ impl NodeState {
     ) -> NodeState {
         NodeState {
             id,
+            application_name: name.clone(),
             name,
             host,
             port,
@@ -136,6 +154,8 @@ impl NodeState {
             last_answer: None,
             last_error: None,
             server_version: None,
+            synchronous_standby_names: None,
+            replication: None,
         }
     }
 

@@ -18,7 +18,10 @@
 //! 4. With no primary known (at start, or after the primary went into
 //!    recovery), once every node has been checked at least once, the
 //!    claimant is taken; among several, the single highest timeline wins,
-//!    else none (they are all false primaries, `Ambiguous`).
+//!    else none (they are all false primaries, `Ambiguous`). A claimant on
+//!    an older timeline than some node that is up (a standby that follows
+//!    a newer primary) is never taken: it is a former primary, even when
+//!    the newer primary is down and nothing was kept across a restart.
 //! 5. Every other node that claims the role is a false primary; a node in
 //!    recovery is a standby; a node with no current claim keeps its role,
 //!    except a former primary, whose role becomes unknown.
@@ -34,8 +37,8 @@ use std::time::Duration;
 
 use crate::config::BackendConfig;
 
-use super::observation::{CheckError, Observation};
-use super::snapshot::{ClusterSnapshot, NodeLsns, NodeState};
+use super::observation::{CheckError, Observation, Sender};
+use super::snapshot::{ClusterSnapshot, NodeLsns, NodeState, Replication};
 use super::types::{Epoch, FalsePrimary, NodeId, Role, Status};
 
 /// A role that changed in one `settle`.
@@ -65,6 +68,8 @@ struct Entry {
     /// The replay delay of the last answer, kept apart from
     /// `state.lag_time`, which is derived from it and the role.
     replay_delay: Option<Duration>,
+    /// The walsenders of the last answer (a primary's).
+    senders: Vec<Sender>,
     /// Any check has come back for this node, answer or not.
     checked: bool,
 }
@@ -89,6 +94,7 @@ impl NodeTable {
             .map(|(index, b)| Entry {
                 state: NodeState {
                     // Configuration, not an observation: epoch 0.
+                    application_name: b.application_name.clone(),
                     role: if always_primary == Some(NodeId(index)) {
                         Role::Primary
                     } else {
@@ -104,6 +110,7 @@ impl NodeTable {
                     )
                 },
                 replay_delay: None,
+                senders: Vec::new(),
                 checked: false,
             })
             .collect();
@@ -148,7 +155,9 @@ impl NodeTable {
                     replay: probe.replay_lsn,
                 };
                 state.server_version = probe.server_version.or(state.server_version);
+                state.synchronous_standby_names = probe.synchronous_standby_names;
                 entry.replay_delay = probe.replay_delay;
+                entry.senders = probe.senders;
                 (before != Status::Up).then_some(Notice::StatusChanged {
                     node: obs.node,
                     from: before,
@@ -186,6 +195,15 @@ impl NodeTable {
                     error,
                 })
             }
+        }
+    }
+
+    /// A committed promotion, acted on: `node` becomes the known primary
+    /// (rule 2 then keeps it while it claims the role). Ignored with an
+    /// ALWAYS_PRIMARY node, which nothing replaces.
+    pub(super) fn set_primary(&mut self, node: NodeId) {
+        if self.always_primary.is_none() && node.index() < self.entries.len() {
+            self.primary = Some(node);
         }
     }
 
@@ -320,17 +338,72 @@ impl NodeTable {
         if !self.all_checked() {
             return None;
         }
-        highest_timeline(&claimants)
+        let newest = self
+            .entries
+            .iter()
+            .filter(|e| e.state.status == Status::Up)
+            .filter_map(|e| e.state.timeline)
+            .max();
+        let current: Vec<&NodeState> = claimants
+            .into_iter()
+            .filter(|c| newest.is_none_or(|n| c.timeline.is_some_and(|t| t >= n)))
+            .collect();
+        highest_timeline(&current)
+    }
+
+    /// Takes over a state file's decisions before anything is observed:
+    /// its primary is the known primary (so rule 3 holds against a former
+    /// one on an older timeline), its detached nodes stay detached. Names
+    /// the configuration no longer has are returned, and ignored.
+    pub(super) fn restore(
+        &mut self,
+        primary: Option<(&str, Option<u32>)>,
+        detached: &[String],
+    ) -> Vec<String> {
+        let mut unknown = Vec::new();
+        let mut find = |name: &str| {
+            let found = self.entries.iter().position(|e| e.state.name == name);
+            if found.is_none() {
+                unknown.push(name.to_owned());
+            }
+            found
+        };
+        let primary = primary.and_then(|(name, timeline)| find(name).map(|i| (i, timeline)));
+        let detached: Vec<usize> = detached.iter().filter_map(|n| find(n)).collect();
+        for index in detached {
+            self.entries[index].state.detached = true;
+        }
+        if let (Some((index, timeline)), None) = (primary, self.always_primary) {
+            self.primary = Some(NodeId(index));
+            let state = &mut self.entries[index].state;
+            state.role = Role::Primary;
+            state.timeline = timeline;
+        }
+        unknown
     }
 
     fn derive_lags(&mut self) {
-        let primary_lsn = self
+        let live_primary = self
             .primary
             .and_then(|p| self.entries.get(p.index()))
-            .filter(|e| e.state.status == Status::Up)
-            .and_then(|e| e.state.lsn.current);
+            .filter(|e| e.state.status == Status::Up);
+        let primary_lsn = live_primary.and_then(|e| e.state.lsn.current);
+        let senders = live_primary.map(|e| e.senders.clone()).unwrap_or_default();
         for entry in &mut self.entries {
             let state = &mut entry.state;
+            // PostgreSQL matches application names without regard to case.
+            state.replication = (state.role == Role::Standby)
+                .then(|| {
+                    senders.iter().find(|s| {
+                        s.application_name
+                            .eq_ignore_ascii_case(&state.application_name)
+                    })
+                })
+                .flatten()
+                .map(|s| Replication {
+                    state: s.state.clone(),
+                    sync_state: s.sync_state.clone(),
+                });
             (state.lag_bytes, state.lag_time) = match (state.status, state.role) {
                 (Status::Up, Role::Primary) => (Some(0), Some(Duration::ZERO)),
                 (Status::Up, Role::Standby) => (
@@ -581,6 +654,71 @@ mod tests {
         assert_eq!(s.nodes[0].role, Role::Primary);
         assert_eq!(s.nodes[0].status, Status::Down);
         assert!(matches!(s.nodes[1].role, Role::FalsePrimary(_)));
+    }
+
+    #[test]
+    fn a_former_primary_is_not_taken_at_start_when_a_standby_is_newer() {
+        // After a failover to node2 (timeline 2), pghalo restarts with no
+        // state file while node2 is down and node0, the old primary, is
+        // back: node1 follows timeline 2, so node0 is a former primary.
+        let mut t = NodeTable::new(&backends(3, None));
+        let s = feed(
+            &mut t,
+            vec![
+                primary(0, 1, 50),
+                standby(1, 2, 40),
+                failed(2, CheckErrorKind::Connect),
+            ],
+        );
+        assert_eq!(s.primary, None);
+        assert!(matches!(s.nodes[0].role, Role::FalsePrimary(_)));
+        // node2 comes back: it is the primary.
+        let s = feed(&mut t, vec![primary(2, 2, 60)]);
+        assert_eq!(s.primary, Some(NodeId(2)));
+        assert!(matches!(s.nodes[0].role, Role::FalsePrimary(_)));
+    }
+
+    #[test]
+    fn a_restored_primary_holds_against_a_former_one() {
+        // The state file names node2 on timeline 2; node1 is detached.
+        let mut t = NodeTable::new(&backends(3, None));
+        let unknown = t.restore(Some(("node2", Some(2))), &["node1".into(), "gone".into()]);
+        assert_eq!(unknown, ["gone"]);
+        // Everything but node0 is down, and node0 (timeline 1) claims.
+        let s = feed(
+            &mut t,
+            vec![
+                primary(0, 1, 50),
+                failed(1, CheckErrorKind::Connect),
+                failed(2, CheckErrorKind::Connect),
+            ],
+        );
+        assert_eq!(s.primary, Some(NodeId(2)));
+        assert!(s.nodes[1].detached);
+        assert!(matches!(s.nodes[0].role, Role::FalsePrimary(_)));
+        // A node promoted after node2 (timeline 3) would be taken.
+        let s = feed(&mut t, vec![primary(1, 3, 70)]);
+        assert_eq!(s.primary, Some(NodeId(2)), "a detached node is not taken");
+        let s = feed(&mut t, vec![primary(0, 3, 70)]);
+        assert_eq!(s.primary, Some(NodeId(0)));
+    }
+
+    #[test]
+    fn a_decided_primary_replaces_a_live_one() {
+        // A switchover: node1 promoted by pghalo while node0 still runs
+        // as a primary (detached first).
+        let mut t = NodeTable::new(&backends(2, None));
+        feed(&mut t, vec![primary(0, 1, 10), standby(1, 1, 10)]);
+        t.set_detached(NodeId(0), true);
+        t.set_primary(NodeId(1));
+        let s = feed(&mut t, vec![primary(1, 2, 20), primary(0, 1, 30)]);
+        assert_eq!(s.primary, Some(NodeId(1)));
+        assert!(matches!(s.nodes[0].role, Role::FalsePrimary(_)));
+        // Attached again, it is still not the primary.
+        t.set_detached(NodeId(0), false);
+        let s = feed(&mut t, vec![primary(0, 1, 40)]);
+        assert_eq!(s.primary, Some(NodeId(1)));
+        assert_eq!(primaries(&s), 1);
     }
 
     #[test]

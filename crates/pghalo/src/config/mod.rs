@@ -238,7 +238,7 @@ pub struct TlsConfig {
 }
 
 /// The daemon process itself.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// pgpool pid_file_name: where `pghalo run` writes its pid, and where
@@ -248,6 +248,24 @@ pub struct DaemonConfig {
         serialize_with = "serialize_optional_path"
     )]
     pub pid_file_name: Option<PathBuf>,
+    /// pgpool's pgpool_status: the decided topology (the primary, the
+    /// detached nodes, the epoch and the events), kept across restarts.
+    /// `""` = none (the node table's timeline rules still keep a former
+    /// primary out).
+    #[serde(
+        deserialize_with = "types::optional_path",
+        serialize_with = "serialize_optional_path"
+    )]
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            pid_file_name: None,
+            state_file: Some(PathBuf::from("pghalo.state")),
+        }
+    }
 }
 
 /// pgpool's streaming replication check: how pghalo watches every node's
@@ -605,6 +623,7 @@ impl Config {
             &mut self.tls.ca_file,
             &mut self.tls.backend_ca_file,
             &mut self.daemon.pid_file_name,
+            &mut self.daemon.state_file,
         ]
         .into_iter()
         .flatten()

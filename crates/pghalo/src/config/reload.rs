@@ -239,6 +239,12 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         &old.daemon.pid_file_name,
         &new.daemon.pid_file_name,
     );
+    d.path(
+        Restart,
+        "daemon.state_file",
+        &old.daemon.state_file,
+        &new.daemon.state_file,
+    );
 
     diff_streaming_replication(&mut d, old, new);
     diff_load_balance(&mut d, old, new);

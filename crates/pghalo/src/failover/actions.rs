@@ -123,6 +123,72 @@ impl Control {
         Ok((lsn(0), lsn(1)))
     }
 
+    /// Ends every client session on `node` (a primary being switched
+    /// over, already out of routing) and returns its WAL position once
+    /// none is left, so that nothing is written after it.
+    pub async fn quiesce(&self, node: &Target, limit: Duration) -> Result<Lsn, ActionError> {
+        let (client, _driver) = self.connect(node).await?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let left: i64 = self
+                .run(
+                    node,
+                    "ending client sessions",
+                    client.query_one(
+                        "SELECT count(pg_catalog.pg_terminate_backend(pid))                          FROM pg_catalog.pg_stat_activity                          WHERE backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid()",
+                        &[],
+                    ),
+                )
+                .await?
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(ActionError::Refused {
+                    node: node.name.clone(),
+                    reason: format!("{left} client sessions still run after {limit:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text: String = self
+            .run(
+                node,
+                "reading the WAL position",
+                client.query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[]),
+            )
+            .await?
+            .get(0);
+        text.parse::<Lsn>().map_err(|e| ActionError::Refused {
+            node: node.name.clone(),
+            reason: format!("unexpected WAL position {text:?}: {e}"),
+        })
+    }
+
+    /// Waits until standby `node` has received WAL up to `lsn`.
+    pub async fn wait_received(
+        &self,
+        node: &Target,
+        lsn: Lsn,
+        limit: Duration,
+    ) -> Result<(), ActionError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (receive, replay) = self.positions(node).await?;
+            if receive.max(replay).is_some_and(|at| at >= lsn) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ActionError::Refused {
+                    node: node.name.clone(),
+                    reason: format!("has not received WAL up to {lsn} after {limit:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Promotes `node` and returns once it is out of recovery.
     pub async fn promote(&self, node: &Target, limit: Duration) -> Result<(), ActionError> {
         let (client, _driver) = self.connect(node).await?;

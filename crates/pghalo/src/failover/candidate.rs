@@ -9,8 +9,16 @@
 //! the most advanced one has them all). Ties go to the lowest node id, so
 //! that every instance picks the same node. (DISALLOW_TO_FAILOVER, as in
 //! pgpool, is about the failed node: the caller does not fail it over.)
+//!
+//! With synchronous replication on the failed primary, enough of the
+//! listed standbys must be up for the most advanced one to hold every
+//! acknowledged commit (`sync_rule.rs`); otherwise nothing is promoted
+//! automatically. The one promoted need not be listed itself: being the
+//! most advanced, it holds whatever the listed ones hold.
 
 use crate::cluster::{ClusterSnapshot, Lsn, NodeId, NodeState, Role, Status};
+
+use super::sync_rule::{SyncRule, SyncRuleError};
 
 /// Why no standby can be promoted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +31,17 @@ pub enum NoCandidate {
     TooFarBehind { limit: u64, lag: u64 },
     #[error("no standby has reported a WAL position")]
     NoPosition,
+    #[error(
+        "synchronous replication ({rule}): an acknowledged commit may be only on a standby that is not up; {heard} of the {listed} listed standbys answered and {needed} must (promote one by hand to accept the loss)"
+    )]
+    SyncUnsure {
+        rule: String,
+        heard: usize,
+        needed: usize,
+        listed: usize,
+    },
+    #[error("{0} (promote one by hand if no acknowledged commit can be lost)")]
+    SyncUnreadable(SyncRuleError),
 }
 
 /// The standby to promote in place of `failed`.
@@ -38,6 +57,32 @@ pub fn choose_candidate(
         .collect();
     if up.is_empty() {
         return Err(NoCandidate::NoStandbyUp);
+    }
+    let sync_names = snapshot
+        .node(failed)
+        .and_then(|p| p.synchronous_standby_names.as_deref())
+        .unwrap_or("");
+    if let Some(rule) = SyncRule::parse(sync_names).map_err(NoCandidate::SyncUnreadable)? {
+        let standbys: Vec<&str> = snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.id != failed)
+            .map(|n| n.application_name.as_str())
+            .collect();
+        let answered: Vec<&str> = up.iter().map(|n| n.application_name.as_str()).collect();
+        let requirement = rule.required(&standbys);
+        if !requirement.met_by(&answered) {
+            return Err(NoCandidate::SyncUnsure {
+                rule: rule.to_string(),
+                heard: requirement
+                    .members
+                    .iter()
+                    .filter(|m| answered.iter().any(|a| a.eq_ignore_ascii_case(m)))
+                    .count(),
+                needed: requirement.needed,
+                listed: requirement.listed,
+            });
+        }
     }
     let position = |n: &NodeState| -> Option<Lsn> {
         match (n.lsn.receive, n.lsn.replay) {
@@ -121,5 +166,46 @@ mod tests {
             choose_candidate(&s, NodeId(0), None),
             Err(NoCandidate::NoPosition)
         );
+    }
+
+    #[test]
+    fn synchronous_replication_needs_enough_listed_standbys() {
+        let mut s = cluster(&[Some(900), Some(950)]);
+        s.nodes[0].synchronous_standby_names = Some("ANY 1 (node1, node2)".into());
+        assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(2)));
+        // node2 may hold a commit node1 lacks: node1 alone is not enough.
+        s.nodes[2].status = Status::Down;
+        let refused = choose_candidate(&s, NodeId(0), None).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                NoCandidate::SyncUnsure {
+                    heard: 1,
+                    needed: 2,
+                    listed: 2,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused.to_string().contains("promote one by hand"),
+            "{refused}"
+        );
+        // Every commit is on the one synchronous standby, which is up.
+        s.nodes[0].synchronous_standby_names = Some("node1".into());
+        assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(1)));
+        s.nodes[0].synchronous_standby_names = Some("FIRST 1 (node2)".into());
+        assert!(matches!(
+            choose_candidate(&s, NodeId(0), None),
+            Err(NoCandidate::SyncUnsure { .. })
+        ));
+        s.nodes[0].synchronous_standby_names = Some("ANY 1 (node1".into());
+        assert!(matches!(
+            choose_candidate(&s, NodeId(0), None),
+            Err(NoCandidate::SyncUnreadable(_))
+        ));
+        s.nodes[0].synchronous_standby_names = Some(String::new());
+        assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(1)));
     }
 }

@@ -8,36 +8,46 @@
 //!
 //! # Layout
 //! - `candidate.rs`: which standby to promote (pure).
+//! - `sync_rule.rs`: what synchronous_standby_names promises (pure).
 //! - `actions.rs`: promote and follow over SQL as recovery_user.
 //! - `conninfo.rs`: primary_conninfo read and pointed elsewhere.
+//! - `manual.rs`: `pghalo ctl promote`: a failover or a switchover to a
+//!   node the operator names.
 //! - `mod.rs`: [`FailoverSettings`] and the task ([`FailoverTask`]).
 //!
 //! Not yet (issue 5 goes on): the failover_command / follow_primary_command
-//! templates, synchronous-standby-only candidates, per-node priorities,
-//! auto_failback, the slot grace period, sessions waiting for the new
-//! primary, `pghalo ctl`.
+//! templates, per-node priorities, the slot grace period.
 
 mod actions;
 mod candidate;
 mod conninfo;
+mod manual;
+mod sync_rule;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use actions::{ActionError, Control};
 pub use candidate::{NoCandidate, choose_candidate};
 
-use crate::cluster::{CheckErrorKind, ClusterSnapshot, ClusterView, NodeId, Observer, Status};
+use crate::cluster::{
+    CheckErrorKind, ClusterSnapshot, ClusterView, Epoch, NodeId, Observer, Status,
+};
 use crate::config::passwd::{PasswdError, PasswordFile};
 use crate::config::{Config, ResolvedPassword};
 use crate::coordinator::{Coordinator, Decision};
-use crate::health::{MonitorWaker, Target};
+use crate::health::{MonitorWaker, Target, postmaster_answers};
 
 /// How long to wait before trying a failed failover again.
 const BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long a postmaster has to answer a sign-of-life request after a
+/// check timed out: forking a backend and writing one byte takes
+/// milliseconds even on a loaded server.
+const PING_LIMIT: Duration = Duration::from_secs(1);
 
 /// What the failover task needs from the configuration.
 #[derive(Clone, Debug)]
@@ -99,6 +109,34 @@ impl FailoverSettings {
 /// The running task; dropping the handle stops it.
 pub struct FailoverTask {
     task: JoinHandle<()>,
+    handle: FailoverHandle,
+}
+
+/// Asks the failover task for a promotion by hand (`pghalo ctl promote`).
+#[derive(Clone)]
+pub struct FailoverHandle {
+    requests: mpsc::Sender<PromoteRequest>,
+}
+
+struct PromoteRequest {
+    node: NodeId,
+    reply: oneshot::Sender<Result<String, String>>,
+}
+
+impl FailoverHandle {
+    /// Promotes `node`: a failover when the primary is down, a switchover
+    /// when it is up. Ok holds what was done, Err why nothing was (or what
+    /// failed), each a sentence for the operator.
+    pub async fn promote(&self, node: NodeId) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(PromoteRequest { node, reply })
+            .await
+            .map_err(|_| "the failover task is not running".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the failover task stopped before it answered".to_owned())?
+    }
 }
 
 impl Drop for FailoverTask {
@@ -123,9 +161,15 @@ impl FailoverTask {
             waker,
             coordinator,
         };
+        let (requests, incoming) = mpsc::channel(4);
         FailoverTask {
-            task: tokio::spawn(worker.run(shutdown)),
+            task: tokio::spawn(worker.run(incoming, shutdown)),
+            handle: FailoverHandle { requests },
         }
+    }
+
+    pub fn handle(&self) -> FailoverHandle {
+        self.handle.clone()
     }
 }
 
@@ -148,12 +192,21 @@ enum Outcome {
 }
 
 impl Worker {
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<PromoteRequest>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut reported: Option<NodeId> = None;
         loop {
             tokio::select! {
                 alive = self.view.changed() => if !alive { return },
                 _ = shutdown.changed() => return,
+                Some(request) = requests.recv() => {
+                    let outcome = self.promote_by_hand(request.node).await;
+                    let _ = request.reply.send(outcome);
+                    continue;
+                }
             }
             if *shutdown.borrow() {
                 return;
@@ -194,6 +247,14 @@ impl Worker {
         }
     }
 
+    /// How logs and ctl name a node.
+    fn name(&self, id: NodeId) -> String {
+        self.settings
+            .targets
+            .get(id.index())
+            .map_or_else(|| format!("node {id}"), |t| t.name.clone())
+    }
+
     /// Confirms that `failed` is down, then promotes a standby and points
     /// the others at it.
     async fn fail_over(&mut self, failed: NodeId) -> Outcome {
@@ -204,12 +265,6 @@ impl Worker {
         let detected = started.elapsed();
         let Some(control) = self.settings.control.clone() else {
             return Outcome::Nothing;
-        };
-        let name = |id: NodeId| {
-            self.settings
-                .targets
-                .get(id.index())
-                .map_or_else(|| id.to_string(), |t| t.name.clone())
         };
         // The positions of the last checks may be a period old: ask every
         // standby now, so the most advanced one is the one promoted.
@@ -236,84 +291,130 @@ impl Worker {
         let candidate = match choose_candidate(&fresh, failed, self.settings.max_lag) {
             Ok(node) => node,
             Err(why) => {
-                tracing::error!(failed = %name(failed), "the primary is down and no standby can be promoted: {why}");
+                tracing::error!(failed = %self.name(failed), "the primary is down and no standby can be promoted: {why}");
+                self.coordinator.report(
+                    format!("no automatic failover of {}", self.name(failed)),
+                    why.to_string(),
+                );
                 return Outcome::Retry;
             }
         };
         let reason = format!(
             "{} failed {} checks in a row",
-            name(failed),
+            self.name(failed),
             self.settings.confirmations
         );
+        match self
+            .promote_and_follow(&control, candidate, failed, &snapshot, reason)
+            .await
+        {
+            Ok(epoch) => {
+                tracing::warn!(
+                    %epoch,
+                    detected_ms = detected.as_millis() as u64,
+                    "failover: {} is the primary in place of {}",
+                    self.name(candidate),
+                    self.name(failed)
+                );
+                Outcome::Handled
+            }
+            Err(e) => {
+                tracing::error!("failover of {}: {e}", self.name(failed));
+                Outcome::Retry
+            }
+        }
+    }
+
+    /// Commits the promotion of `candidate` in place of `old`, promotes it,
+    /// makes it the node table's primary, and points every other standby
+    /// that was up in `before` at it. Err says which step failed.
+    async fn promote_and_follow(
+        &mut self,
+        control: &Control,
+        candidate: NodeId,
+        old: NodeId,
+        before: &ClusterSnapshot,
+        reason: String,
+    ) -> Result<Epoch, String> {
         let decision = Decision::Promote {
             node: candidate,
-            replaces: Some(failed),
+            replaces: Some(old),
         };
-        let committed = match self
+        let committed = self
             .coordinator
             .decide(decision, reason, self.coordinator.epoch())
             .await
-        {
-            Ok(committed) => committed,
-            Err(refused) => {
-                tracing::warn!("failover not decided: {refused}");
-                return Outcome::Retry;
-            }
-        };
-        let Some(target) = self.settings.targets.get(candidate.index()) else {
-            return Outcome::Handled;
-        };
-        if let Err(e) = control.promote(target, self.settings.promote_timeout).await {
-            tracing::error!(epoch = %committed.epoch, "promoting {} failed: {e}", target.name);
-            return Outcome::Retry;
-        }
-        let promoted = started.elapsed();
-        // The node table takes the new primary at its next check: ask now.
+            .map_err(|refused| format!("not decided: {refused}"))?;
+        let target = self
+            .settings
+            .targets
+            .get(candidate.index())
+            .ok_or_else(|| format!("there is no node {candidate}"))?;
+        control
+            .promote(target, self.settings.promote_timeout)
+            .await
+            .map_err(|e| {
+                format!(
+                    "promoting {} failed (epoch {}): {e}",
+                    target.name, committed.epoch
+                )
+            })?;
+        // Routing acts on the decision, not on the next check's say-so.
+        self.observer
+            .set_primary(candidate)
+            .await
+            .map_err(|e| e.to_string())?;
         self.waker.check_now();
         let taken = self
             .view
             .wait_for(self.settings.promote_timeout, |s| {
                 s.primary == Some(candidate)
+                    && s.node(candidate)
+                        .is_some_and(|n| n.in_recovery == Some(false))
             })
             .await;
         if taken.is_err() {
-            tracing::error!(
-                epoch = %committed.epoch,
-                "{} was promoted but the node table has not taken it as primary",
-                target.name
-            );
-            return Outcome::Retry;
+            return Err(format!(
+                "{} was promoted but the node table has not taken it as primary (epoch {})",
+                target.name, committed.epoch
+            ));
         }
-        tracing::warn!(
-            epoch = %committed.epoch,
-            detected_ms = detected.as_millis() as u64,
-            promoted_ms = promoted.as_millis() as u64,
-            "failover: {} is the primary in place of {}",
-            target.name,
-            name(failed)
-        );
-        self.follow_all(&control, candidate, failed, &snapshot)
-            .await;
-        Outcome::Handled
+        self.follow_all(control, candidate, old, before).await;
+        Ok(committed.epoch)
     }
 
     /// Some(snapshot) when `failed` fails `confirmations` checks in a row
-    /// (the one that made it down counts); None when it answers again. A
-    /// check that timed out is confirmation enough: the node was given
-    /// sr_check_timeout to answer and did not (a hung primary fails over
-    /// one timeout after it hangs, not several).
+    /// (the one that made it down counts); None when it answers again.
+    ///
+    /// A check that timed out asks the postmaster for a sign of life (an
+    /// SSLRequest, answered without a login): no answer confirms at once
+    /// (a hung or cut-off primary fails over about one timeout after it
+    /// stops, not several); an answer means the server is slow, not gone,
+    /// and the failure counts as one of the `confirmations` like any other.
     async fn confirm_down(&mut self, failed: NodeId) -> Option<Arc<ClusterSnapshot>> {
         let mut seen = self.view.snapshot();
-        let node = seen.node(failed)?;
-        if node
-            .last_error
-            .as_ref()
-            .is_some_and(|e| e.kind == CheckErrorKind::Timeout)
-        {
-            return Some(seen);
-        }
+        let mut node = seen.node(failed)?;
         let mut last = node.last_check;
-        for _ in 1..self.settings.confirmations {
+        let mut failures = 1;
+        loop {
+            if node
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.kind == CheckErrorKind::Timeout)
+            {
+                let target = self.settings.targets.get(failed.index())?;
+                let limit = PING_LIMIT.min(self.settings.check_timeout);
+                if !postmaster_answers(target, limit).await {
+                    return Some(seen);
+                }
+                tracing::warn!(
+                    node = %node.name,
+                    "a check timed out, but the postmaster answers: the server is slow, not gone; checking again before any failover"
+                );
+            }
+            if failures >= self.settings.confirmations {
+                return Some(seen);
+            }
             tokio::time::sleep(self.settings.interval).await;
             self.waker.check_now();
             let limit = self.settings.check_timeout + Duration::from_secs(1);
@@ -326,21 +427,14 @@ impl Worker {
             // No newer check within a check's timeout: the check itself is
             // stuck, which counts as a failure.
             seen = checked.unwrap_or_else(|s| s);
-            let node = seen.node(failed)?;
+            node = seen.node(failed)?;
             if node.status != Status::Down {
                 tracing::info!(node = %node.name, "the primary answered again: no failover");
                 return None;
             }
-            if node
-                .last_error
-                .as_ref()
-                .is_some_and(|e| e.kind == CheckErrorKind::Timeout)
-            {
-                break;
-            }
+            failures += 1;
             last = node.last_check.or(last).or(Some(SystemTime::now()));
         }
-        Some(seen)
     }
 
     /// Points every standby but `new` at `new`; one that cannot follow is

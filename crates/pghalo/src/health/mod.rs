@@ -18,14 +18,18 @@
 //! - `mod.rs`: [`ReplicationMonitor`], the tasks and their handle.
 //! - `catalog.rs`: [`CatalogLoader`], function volatility read from the
 //!   primary's pg_proc for the router, with the monitor's credentials.
+//! - `ping.rs`: [`postmaster_answers`], a sign of life without a login,
+//!   to tell a slow server from a hung one after a check timed out.
 //!
 //! Health checks proper (health_check_*, issue 5) will live here too.
 
 mod catalog;
+mod ping;
 mod probe;
 mod settings;
 
 pub use catalog::CatalogLoader;
+pub use ping::postmaster_answers;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

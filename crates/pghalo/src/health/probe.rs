@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
-use crate::cluster::{CheckError, CheckErrorKind, Lsn, Probe};
+use crate::cluster::{CheckError, CheckErrorKind, Lsn, Probe, Sender};
 use crate::config::BackendHost;
 
 use super::settings::{MonitorSettings, Target};
@@ -26,11 +26,18 @@ use super::settings::{MonitorSettings, Target};
 /// - The timeline of a primary is the one it writes, the first 8 hex
 ///   digits of its current WAL file name: exact at once after a promotion,
 ///   where pg_control_checkpoint() shows the old timeline until the next
-///   checkpoint completes. A standby reports the timeline it receives, or
-///   when not streaming, its last restartpoint's.
+///   checkpoint completes. A standby reports the newest timeline it has:
+///   the one it receives, or the newest in its pg_wal (a history file or
+///   a segment), or its last restartpoint's, whichever is highest. Not
+///   streaming is not enough to forget a newer timeline: a standby that
+///   followed a new primary now down must still show that a former
+///   primary on an older timeline was replaced (the node table's rule 4).
 /// - The replay delay is pgpool's: the age of the last replayed commit
 ///   when the standby has received WAL it has not replayed, else 0, in
 ///   microseconds.
+/// - On a primary, `synchronous_standby_names` and its walsenders (for the
+///   failover's synchronous rule and SHOW POOL_NODES); the walsender
+///   columns other than the pid read as NULL without pg_monitor.
 const PROBE: &str = "\
 WITH r AS MATERIALIZED (SELECT pg_catalog.pg_is_in_recovery() AS in_recovery)
 SELECT r.in_recovery,
@@ -39,7 +46,9 @@ SELECT r.in_recovery,
        pg_catalog.pg_last_wal_replay_lsn()::text,
        CASE WHEN NOT r.in_recovery
             THEN ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int
-            ELSE coalesce((SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver),
+            ELSE greatest((SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver),
+                          (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int)
+                           FROM pg_catalog.pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}'),
                           (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()))
        END,
        CASE WHEN r.in_recovery THEN
@@ -47,8 +56,16 @@ SELECT r.in_recovery,
                  ELSE (extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()) * 1000000)::bigint
             END
        END,
-       current_setting('server_version_num')::int
-FROM r";
+       current_setting('server_version_num')::int,
+       CASE WHEN NOT r.in_recovery THEN current_setting('synchronous_standby_names') END,
+       s.names, s.states, s.sync_states
+FROM r, LATERAL (
+    SELECT array_agg(coalesce(application_name, '')) AS names,
+           array_agg(coalesce(state, '')) AS states,
+           array_agg(coalesce(sync_state, '')) AS sync_states
+    FROM pg_catalog.pg_stat_replication
+    WHERE NOT r.in_recovery
+) s";
 
 /// The name the monitor's sessions carry in pg_stat_activity.
 const APPLICATION_NAME: &str = "pghalo-sr-check";
@@ -170,6 +187,26 @@ fn read_probe(row: &Row) -> Result<Probe, CheckError> {
     let timeline: Option<i32> = row.try_get(4).map_err(|e| bad("timeline", &e))?;
     let delay_us: Option<i64> = row.try_get(5).map_err(|e| bad("replay delay", &e))?;
     let version: Option<i32> = row.try_get(6).map_err(|e| bad("server version", &e))?;
+    let sync_names: Option<String> = row
+        .try_get(7)
+        .map_err(|e| bad("synchronous_standby_names", &e))?;
+    let column = |index: usize| -> Result<Vec<String>, CheckError> {
+        let values: Option<Vec<String>> = row
+            .try_get(index)
+            .map_err(|e| bad("pg_stat_replication", &e))?;
+        Ok(values.unwrap_or_default())
+    };
+    let (names, states, sync_states) = (column(8)?, column(9)?, column(10)?);
+    let senders = names
+        .into_iter()
+        .zip(states)
+        .zip(sync_states)
+        .map(|((application_name, state), sync_state)| Sender {
+            application_name,
+            state,
+            sync_state,
+        })
+        .collect();
     Ok(Probe {
         in_recovery,
         current_lsn: lsn(1, "current LSN")?,
@@ -180,6 +217,8 @@ fn read_probe(row: &Row) -> Result<Probe, CheckError> {
         // standby's: a skew can make the difference negative.
         replay_delay: delay_us.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))),
         server_version: version.and_then(|v| u32::try_from(v).ok()),
+        synchronous_standby_names: sync_names,
+        senders,
     })
 }
 

@@ -479,3 +479,71 @@ pub async fn wait_for_replay(lab: &Lab, limit: Duration) {
         }
     }
 }
+
+/// pghalo's logs in the test output when RUST_LOG asks for them.
+pub fn trace() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A `[failover]` section that lets pghalo fail over (the lab superuser as
+/// recovery_user), with `extra` lines.
+pub fn failover_section(lab: &Lab, extra: &str) -> String {
+    format!(
+        "[failover]\nrecovery_user = \"postgres\"\nrecovery_password = \"TEXT{}\"\n{extra}\n",
+        lab.secrets.postgres
+    )
+}
+
+/// The pid in the first line of a data directory's postmaster.pid.
+pub fn postmaster_pid(lab: &Lab, node: &str) -> i32 {
+    let text = std::fs::read_to_string(lab.dir().join(node).join("postmaster.pid"))
+        .expect("postmaster.pid");
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("a pid in postmaster.pid")
+}
+
+/// Cuts standby `node` off from the WAL stream (its primary_conninfo
+/// pointed at a closed port) and waits until it no longer streams: the
+/// primary's writes from now on do not reach it.
+pub async fn cut_off_from_wal(lab: &Lab, node: &str) {
+    let client = node_client(lab, node, "postgres").await;
+    let conninfo: String = client
+        .query_one("SELECT current_setting('primary_conninfo')", &[])
+        .await
+        .expect("primary_conninfo")
+        .get(0);
+    let primary_port = lab.node("node0").expect("node0").port;
+    let cut_off = conninfo.replace(&format!("port={primary_port}"), "port=1");
+    assert_ne!(cut_off, conninfo, "{conninfo}");
+    client
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET primary_conninfo = '{}'",
+            cut_off.replace('\'', "''")
+        ))
+        .await
+        .expect("ALTER SYSTEM");
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .query_opt(
+            "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_wal_receiver")
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "{node} keeps streaming");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
