@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+use crate::admin::ctl::{CtlContext, CtlServer};
 use crate::backend::{BackendTls, ServerAddr};
 use crate::cluster::{Cluster, Epoch};
 use crate::config::hba::HbaRules;
@@ -80,6 +81,8 @@ pub struct Daemon {
     _failover: FailoverTask,
     /// Writes the state file; stops when dropped.
     _state_keeper: Option<StateKeeper>,
+    /// `pghalo ctl`'s socket; removed when dropped.
+    _ctl: Option<CtlServer>,
 }
 
 impl Daemon {
@@ -208,6 +211,25 @@ impl Daemon {
             coordinator.clone(),
             watcher.clone(),
         );
+        let ctl = match &config.daemon.ctl_socket {
+            Some(path) => Some(
+                CtlServer::start(
+                    path,
+                    CtlContext {
+                        view: cluster.view(),
+                        observer: cluster.observer(),
+                        coordinator: coordinator.clone(),
+                        failover: failover.handle(),
+                    },
+                    watcher.clone(),
+                )
+                .map_err(|source| DaemonError::Listen {
+                    addr: path.display().to_string(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         for listener in tcp {
             tokio::spawn(proxy.clone().serve_tcp(listener, watcher.clone()));
         }
@@ -239,6 +261,7 @@ impl Daemon {
             coordinator,
             _failover: failover,
             _state_keeper: state_keeper,
+            _ctl: ctl,
         })
     }
 

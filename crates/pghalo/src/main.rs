@@ -48,6 +48,18 @@ enum Command {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
     },
+    /// Asks the running pghalo (through its control socket): the node
+    /// table, the events, attach / detach / promote a node.
+    Ctl {
+        /// The configuration the daemon runs with (for daemon.ctl_socket).
+        #[arg(short = 'c', long = "config", required_unless_present = "socket")]
+        config: Option<PathBuf>,
+        /// The control socket itself, instead of --config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// Local clusters of real PostgreSQL for demos, tests and benchmarks.
     Lab {
         #[command(subcommand)]
@@ -64,6 +76,21 @@ enum Command {
         #[arg(long)]
         pg_bin: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Every node: status, role, timeline, lag, replication, last error.
+    Nodes,
+    /// The decisions (with their epochs and reasons) and the reports.
+    Events,
+    /// Puts a detached node back into routing (pgpool's pcp_attach_node).
+    Attach { node: usize },
+    /// Takes a standby out of routing (pgpool's pcp_detach_node).
+    Detach { node: usize },
+    /// Makes standby N the primary: a failover when the primary is down, a
+    /// switchover without loss when it is up (pgpool's pcp_promote_node).
+    Promote { node: usize },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +200,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}", pghalo::config::passwd::passwd_command(args)?);
             Ok(())
         }
+        Command::Ctl {
+            config,
+            socket,
+            command,
+        } => ctl(config, socket, command).await,
         Command::Lab { command } => Ok(lab(command).await?),
         Command::Demo {
             dir,
@@ -189,6 +221,44 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             })
             .await?)
         }
+    }
+}
+
+async fn ctl(
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    command: CtlCommand,
+) -> anyhow::Result<()> {
+    use pghalo::admin::ctl::{CtlRequest, send};
+    let socket = match (socket, config) {
+        (Some(socket), _) => socket,
+        (None, Some(config)) => pghalo::config::Config::load(&config)?
+            .daemon
+            .ctl_socket
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} sets daemon.ctl_socket = \"\": the daemon has no control socket",
+                    config.display()
+                )
+            })?,
+        (None, None) => anyhow::bail!("give --config or --socket"),
+    };
+    let request = match command {
+        CtlCommand::Nodes => CtlRequest::Nodes,
+        CtlCommand::Events => CtlRequest::Events,
+        CtlCommand::Attach { node } => CtlRequest::Attach { node },
+        CtlCommand::Detach { node } => CtlRequest::Detach { node },
+        CtlCommand::Promote { node } => CtlRequest::Promote { node },
+    };
+    let reply = send(&socket, &request).await?;
+    if reply.ok {
+        print!("{}", reply.text);
+        if !reply.text.ends_with('\n') {
+            println!();
+        }
+        Ok(())
+    } else {
+        anyhow::bail!("{}", reply.text)
     }
 }
 

@@ -712,7 +712,7 @@ fn row<const N: usize>(values: [String; N]) -> Vec<Option<String>> {
 
 /// pgpool's `%Y-%m-%d %H:%M:%S`, in UTC; empty for no time (or one before
 /// 1970, which no check has).
-fn timestamp(at: Option<SystemTime>) -> String {
+pub(crate) fn timestamp(at: Option<SystemTime>) -> String {
     let Some(since_epoch) = at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) else {
         return String::new();
     };

@@ -257,6 +257,13 @@ pub struct DaemonConfig {
         serialize_with = "serialize_optional_path"
     )]
     pub state_file: Option<PathBuf>,
+    /// The Unix socket `pghalo ctl` talks to (mode 0600; only pghalo's own
+    /// user, or root, is answered). `""` = no control socket.
+    #[serde(
+        deserialize_with = "types::optional_path",
+        serialize_with = "serialize_optional_path"
+    )]
+    pub ctl_socket: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -264,6 +271,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             pid_file_name: None,
             state_file: Some(PathBuf::from("pghalo.state")),
+            ctl_socket: Some(PathBuf::from("pghalo.ctl")),
         }
     }
 }
@@ -624,6 +632,7 @@ impl Config {
             &mut self.tls.backend_ca_file,
             &mut self.daemon.pid_file_name,
             &mut self.daemon.state_file,
+            &mut self.daemon.ctl_socket,
         ]
         .into_iter()
         .flatten()

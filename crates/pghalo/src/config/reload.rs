@@ -245,6 +245,12 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         &old.daemon.state_file,
         &new.daemon.state_file,
     );
+    d.path(
+        Restart,
+        "daemon.ctl_socket",
+        &old.daemon.ctl_socket,
+        &new.daemon.ctl_socket,
+    );
 
     diff_streaming_replication(&mut d, old, new);
     diff_load_balance(&mut d, old, new);

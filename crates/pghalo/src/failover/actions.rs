@@ -125,7 +125,9 @@ impl Control {
 
     /// Ends every client session on `node` (a primary being switched
     /// over, already out of routing) and returns its WAL position once
-    /// none is left, so that nothing is written after it.
+    /// none is left, so that nothing is written after it. pghalo's own
+    /// checks (read-only) are spared: ending them would make the node look
+    /// down.
     pub async fn quiesce(&self, node: &Target, limit: Duration) -> Result<Lsn, ActionError> {
         let (client, _driver) = self.connect(node).await?;
         let deadline = Instant::now() + limit;
@@ -135,8 +137,9 @@ impl Control {
                     node,
                     "ending client sessions",
                     client.query_one(
-                        "SELECT count(pg_catalog.pg_terminate_backend(pid))                          FROM pg_catalog.pg_stat_activity                          WHERE backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid()",
-                        &[],
+                        "SELECT count(pg_catalog.pg_terminate_backend(pid))                          FROM pg_catalog.pg_stat_activity                          WHERE backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid() \
+                           AND application_name IS DISTINCT FROM $1",
+                        &[&crate::health::MONITOR_APPLICATION_NAME],
                     ),
                 )
                 .await?

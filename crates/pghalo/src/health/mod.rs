@@ -30,6 +30,7 @@ mod settings;
 
 pub use catalog::CatalogLoader;
 pub use ping::postmaster_answers;
+pub use probe::APPLICATION_NAME as MONITOR_APPLICATION_NAME;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

@@ -68,7 +68,7 @@ FROM r, LATERAL (
 ) s";
 
 /// The name the monitor's sessions carry in pg_stat_activity.
-const APPLICATION_NAME: &str = "pghalo-sr-check";
+pub const APPLICATION_NAME: &str = "pghalo-sr-check";
 
 /// An open monitor connection to one node.
 pub(super) struct Connection {
