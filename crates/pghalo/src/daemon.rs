@@ -181,6 +181,7 @@ impl Daemon {
                     &config.backends,
                     d.primary.as_ref().map(|p| (p.name.as_str(), p.timeline)),
                     &d.detached,
+                    &d.detached_by_hand,
                 )
             }
             None => Cluster::start(&config.backends),

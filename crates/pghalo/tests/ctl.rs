@@ -152,7 +152,11 @@ async fn ctl_shows_detaches_attaches_and_switches_over() {
     assert!(!seen.contains(&port("node1")), "{seen:?}");
     let (ok, out, _) = ctl(&config, &["nodes"]).await;
     assert!(
-        ok && out.lines().nth(2).unwrap().contains("detached (up)"),
+        ok && out
+            .lines()
+            .nth(2)
+            .unwrap()
+            .contains("detached by hand (up)"),
         "{out}"
     );
     let (ok, _, err) = ctl(&config, &["attach", "1"]).await;

@@ -492,7 +492,7 @@ async fn a_killed_standby_loses_its_reads_and_gets_them_back() {
     let sections = format!(
         "[load_balance]\nstatement_level_load_balance = true\n\n{}\n{}",
         monitor_section(lab, ""),
-        failover_section(lab, "")
+        failover_section(lab, "slot_grace_period = \"1s\"\n")
     );
     let config = routing_config(lab, "failover-standby", &sections, &[]);
     let daemon = Daemon::start(&config.path()).await.unwrap();
@@ -533,7 +533,42 @@ async fn a_killed_standby_loses_its_reads_and_gets_them_back() {
         Some(NodeId(0)),
         "a standby's death must not fail the primary over"
     );
-    assert!(daemon.coordinator().events().is_empty());
+    // Confirmed down, it is detached (a decision); after the slot grace
+    // period (1 s here) its replication slot on the primary is dropped.
+    let detached = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            s.nodes[2].detached && !s.nodes[2].detached_by_hand
+        })
+        .await;
+    assert!(detached.is_ok(), "{detached:#?}");
+    let primary = node_client(lab, "node0", "postgres").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::time::timeout(
+        Duration::from_secs(10),
+        primary.query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'node2'",
+            &[],
+        ),
+    )
+    .await
+    .expect("pg_replication_slots hangs")
+    .unwrap()
+    .is_some()
+    {
+        assert!(Instant::now() < deadline, "node2's slot is never dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The WAL written meanwhile is still on the primary (no checkpoint has
+    // recycled it), so node2 can catch up once its slot is made again.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        client.batch_execute("CREATE TABLE written_while_away AS SELECT 1 AS x"),
+    )
+    .await
+    .expect("a write through pghalo hangs while a standby is detached")
+    .unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -543,6 +578,8 @@ async fn a_killed_standby_loses_its_reads_and_gets_them_back() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // auto_failback: streaming again (its slot made again), it is
+    // attached.
     let back = daemon
         .cluster()
         .view()
@@ -551,5 +588,183 @@ async fn a_killed_standby_loses_its_reads_and_gets_them_back() {
     assert!(back.is_ok(), "{back:#?}");
     let after = read_spread(&client, &ports).await;
     assert!(after[2] > 0, "node2 got no reads back: {after:?}");
+    let node2 = node_client(lab, "node2", "postgres").await;
+    let caught_up: i64 = node2
+        .query_one("SELECT count(*) FROM written_while_away", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(caught_up, 1);
+    let events: Vec<String> = daemon
+        .coordinator()
+        .events()
+        .into_iter()
+        .map(|e| format!("{} / {}", e.what, e.reason))
+        .collect();
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert!(
+        events[0].starts_with("detach node 2 / node2 failed"),
+        "{events:#?}"
+    );
+    assert!(
+        events[1].starts_with("replication slot node2 of node2 dropped"),
+        "{events:#?}"
+    );
+    assert!(
+        events[2].starts_with("attach node 2 / streams from node0 again (auto_failback)"),
+        "{events:#?}"
+    );
+
+    // Detached by hand, a standby stays detached while it streams.
+    let (ok, reply) = ctl_detach(&config, 2).await;
+    assert!(ok, "{reply}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let snapshot = daemon.cluster().snapshot();
+    assert!(snapshot.nodes[2].detached, "{snapshot:#?}");
+    daemon.stop();
+}
+
+/// `pghalo ctl detach N` through the control socket.
+async fn ctl_detach(config: &common::ProxyConfig, node: usize) -> (bool, String) {
+    let socket = config.path().with_file_name("pghalo.ctl");
+    let reply = pghalo::admin::ctl::send(&socket, &pghalo::admin::ctl::CtlRequest::Detach { node })
+        .await
+        .unwrap();
+    (reply.ok, reply.text)
+}
+
+/// pgpool's failover_command and follow_primary_command: placeholders
+/// expanded; a command that fails (exit 3, garbage printed) changes
+/// nothing and is reported, and the failover is tried again; pghalo then
+/// confirms the promotion and the streaming itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_commands_run_with_pgpools_placeholders() {
+    trace();
+    let test_lab = TestLab::build("failover-command", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    let scripts = common::unique_dir("failover-command-scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let pgpass = lab.dir().join("pgpass");
+    let psql = format!(
+        "PGPASSFILE={} psql -U postgres -d postgres -Atq",
+        pgpass.display()
+    );
+    let promote = scripts.join("promote.sh");
+    common::write_file(
+        &promote,
+        &format!(
+            "n=$(cat {dir}/calls 2>/dev/null || echo 0); n=$((n+1)); echo $n > {dir}/calls\n\
+             if [ $n -eq 1 ]; then printf 'garbage \\001\\377\\n'; exit 3; fi\n\
+             echo \"$@\" > {dir}/promote.args\n\
+             {psql} -h \"$5\" -p \"$6\" -c 'SELECT pg_promote()'\n",
+            dir = scripts.display()
+        ),
+    );
+    let follow = scripts.join("follow.sh");
+    common::write_file(
+        &follow,
+        &format!(
+            "echo \"$@\" >> {dir}/follow.args\n\
+             slot=$({psql} -h \"$2\" -p \"$3\" -c 'SHOW primary_slot_name')\n\
+             {psql} -h \"$4\" -p \"$5\" -c \"SELECT pg_create_physical_replication_slot('$slot')\"\n\
+             conn=$({psql} -h \"$2\" -p \"$3\" -c 'SHOW primary_conninfo' | sed \"s/port=[0-9]*/port=$5/\")\n\
+             echo \"ALTER SYSTEM SET primary_conninfo = :'conn'\" | {psql} -h \"$2\" -p \"$3\" -v conn=\"$conn\"\n\
+             {psql} -h \"$2\" -p \"$3\" -c 'SELECT pg_reload_conf()'\n",
+            dir = scripts.display()
+        ),
+    );
+    let commands = format!(
+        "failover_command = \"sh {} %d %h %p %m %H %r %P %N %S %%\"\nfollow_primary_command = \"sh {} %d %h %p %H %r\"\n",
+        promote.display(),
+        follow.display()
+    );
+    let sections = format!(
+        "{}\n{}",
+        monitor_section(lab, ""),
+        failover_section(lab, &commands)
+    );
+    let config = routing_config(lab, "failover-command", &sections, &[]);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    pg_connect(&conninfo(config.port, "postgres", &password))
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE failover_probe (id int)")
+        .await
+        .unwrap();
+    wait_for_replay(lab, Duration::from_secs(30)).await;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster_pid(lab, "node0")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The first run fails: reported, nothing promoted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = daemon.coordinator().events();
+        if let Some(report) = events.iter().find(|e| e.epoch.is_none()) {
+            assert!(
+                report.reason.contains("exited with status 3") && report.reason.contains("garbage"),
+                "{report:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report of the failed command: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for name in ["node1", "node2"] {
+        let in_recovery: bool = node_client(lab, name, "postgres")
+            .await
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            in_recovery,
+            "{name} was promoted although the command failed"
+        );
+    }
+    // Tried again (after a pause): node1 (equally advanced: the lowest id)
+    // is promoted by the command, node2 follows it by the other.
+    let promoted = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| s.primary == Some(NodeId(1)))
+        .await;
+    assert!(promoted.is_ok(), "{promoted:#?}");
+    let port = |name: &str| lab.node(name).unwrap().port;
+    let args = std::fs::read_to_string(scripts.join("promote.args")).unwrap();
+    assert_eq!(
+        args.trim(),
+        format!(
+            "0 127.0.0.1 {} 1 127.0.0.1 {} 0 127.0.0.1 {} %",
+            port("node0"),
+            port("node1"),
+            port("node0")
+        )
+    );
+    let streaming = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            s.nodes[2]
+                .replication
+                .as_ref()
+                .is_some_and(|r| r.state == "streaming")
+        })
+        .await;
+    assert!(streaming.is_ok(), "{streaming:#?}");
+    let follow_args = std::fs::read_to_string(scripts.join("follow.args")).unwrap();
+    assert_eq!(
+        follow_args.trim(),
+        format!("2 127.0.0.1 {} 127.0.0.1 {}", port("node2"), port("node1"))
+    );
+    assert!(!daemon.cluster().snapshot().nodes[2].detached);
+    write_through(config.port, &password, 7, Duration::from_secs(10)).await;
     daemon.stop();
 }

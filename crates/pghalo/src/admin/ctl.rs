@@ -33,7 +33,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// What `pghalo ctl` asks. Node numbers are pgpool's node ids (the
 /// `[[backend]]` order, from 0).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "command", rename_all = "lowercase")]
+#[serde(try_from = "WireRequest")]
 pub enum CtlRequest {
     /// The node table.
     Nodes,
@@ -46,6 +47,39 @@ pub enum CtlRequest {
     /// Make a standby the primary: a failover if the primary is down, a
     /// switchover if it is up.
     Promote { node: usize },
+}
+
+/// A request as it comes off the socket: serde cannot refuse unknown
+/// fields of an internally tagged enum's unit variants, so they are read
+/// into this first.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireRequest {
+    command: String,
+    node: Option<usize>,
+}
+
+impl TryFrom<WireRequest> for CtlRequest {
+    type Error = String;
+
+    fn try_from(wire: WireRequest) -> Result<CtlRequest, String> {
+        let node = || {
+            wire.node
+                .ok_or_else(|| format!("{} needs a node number", wire.command))
+        };
+        let request = match wire.command.as_str() {
+            "nodes" => CtlRequest::Nodes,
+            "events" => CtlRequest::Events,
+            "attach" => CtlRequest::Attach { node: node()? },
+            "detach" => CtlRequest::Detach { node: node()? },
+            "promote" => CtlRequest::Promote { node: node()? },
+            other => return Err(format!("unknown command {other:?}")),
+        };
+        if wire.node.is_some() && matches!(request, CtlRequest::Nodes | CtlRequest::Events) {
+            return Err(format!("{} takes no node number", wire.command));
+        }
+        Ok(request)
+    }
 }
 
 /// The daemon's answer: `text` is what to print, or the error sentence.
@@ -218,6 +252,7 @@ mod tests {
             r#"{"command":"promote","node":-1}"#,
             r#"{"command":"drop"}"#,
             r#"{"command":"nodes","extra":1}"#,
+            r#"{"command":"nodes","node":1}"#,
             "[]",
             "",
         ] {

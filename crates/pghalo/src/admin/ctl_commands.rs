@@ -2,7 +2,7 @@
 //! asked of the coordinator (attach, detach) or of the failover task
 //! (promote); nothing here decides on its own.
 
-use crate::cluster::{ClusterSnapshot, NodeId, NodeState, Role, Status};
+use crate::cluster::{ClusterSnapshot, Detachment, NodeId, NodeState, Role, Status};
 use crate::coordinator::{Decision, Event};
 
 use super::ctl::{CtlContext, CtlReply, CtlRequest};
@@ -67,9 +67,14 @@ async fn detach(context: &CtlContext, node: usize, take_out: bool) -> Result<Str
         .decide(decision, reason, coordinator.epoch())
         .await
         .map_err(|refused| format!("not decided: {refused}"))?;
+    let how = if take_out {
+        Detachment::ByHand
+    } else {
+        Detachment::Attached
+    };
     context
         .observer
-        .set_detached(state.id, take_out)
+        .set_detached(state.id, how)
         .await
         .map_err(|e| e.to_string())?;
     Ok(format!(
@@ -102,9 +107,10 @@ fn nodes_table(snapshot: &ClusterSnapshot) -> String {
         .to_vec(),
     ];
     for node in &snapshot.nodes {
-        let status = match (node.detached, node.status) {
-            (true, status) => format!("detached ({status})"),
-            (false, status) => status.to_string(),
+        let status = match (node.detached, node.detached_by_hand) {
+            (true, true) => format!("detached by hand ({})", node.status),
+            (true, false) => format!("detached ({})", node.status),
+            (false, _) => node.status.to_string(),
         };
         let role = match node.role {
             Role::FalsePrimary(_) => format!("{} - never routed to", node.role),

@@ -507,18 +507,17 @@ const POOL_HEALTH_CHECK_STATS_COLUMNS: [&str; 20] = [
     "last_failed_health_check",
 ];
 
-/// One row per node, from the checks the node table records (today the
-/// replication monitor's). The table keeps the last check only, so:
-/// - `total_count`, `success_count`, `fail_count`, `skip_count`,
-///   `retry_count`, `max_retry_count` are `0` and `average_retry_count`
-///   `0.000000` (pghalo keeps no totals yet, and never skips or retries
-///   within a check);
-/// - `max_duration`, `min_duration`, `average_duration` (milliseconds)
-///   are all the last check's duration;
+/// One row per node, from the checks the node table counts (the
+/// replication monitor's, which are pghalo's health checks):
+/// - `total_count`, `success_count`, `fail_count`: every check since
+///   pghalo started; a confirming check after a failure is a check like
+///   any other, so `skip_count`, `retry_count`, `average_retry_count` and
+///   `max_retry_count` are 0 (pghalo neither skips nor retries within a
+///   check);
+/// - `max_duration`, `min_duration`, `average_duration` in milliseconds;
 /// - `last_health_check` is when the last check started,
-///   `last_successful_health_check` the last answer, and
-///   `last_failed_health_check` the last check if it failed, else empty
-///   (an earlier failure is forgotten once a check succeeds);
+///   `last_successful_health_check` the last answer,
+///   `last_failed_health_check` the last failed check;
 /// - `last_skip_health_check` is always empty.
 fn pool_health_check_stats(ctx: &ShowContext<'_>) -> ShowResult {
     let rows = ctx
@@ -526,8 +525,9 @@ fn pool_health_check_stats(ctx: &ShowContext<'_>) -> ShowResult {
         .nodes
         .iter()
         .map(|node| {
-            let millis = node.last_check_duration.map_or(0, |d| d.as_millis());
-            let failed = node.last_error.as_ref().and(node.last_check);
+            let checks = &node.checks;
+            let millis = |d: Option<Duration>| d.map_or(0, |d| d.as_millis());
+            let average = checks.average().map_or(0.0, |d| d.as_secs_f64() * 1000.0);
             row([
                 node.id.to_string(),
                 node.host.to_string(),
@@ -535,20 +535,20 @@ fn pool_health_check_stats(ctx: &ShowContext<'_>) -> ShowResult {
                 status(node),
                 node.role.pgpool_name().to_owned(),
                 timestamp(node.status_changed),
-                "0".to_owned(),
-                "0".to_owned(),
-                "0".to_owned(),
+                checks.total.to_string(),
+                checks.success.to_string(),
+                checks.fail.to_string(),
                 "0".to_owned(),
                 "0".to_owned(),
                 "0.000000".to_owned(),
                 "0".to_owned(),
-                millis.to_string(),
-                millis.to_string(),
-                format!("{millis}.000000"),
+                millis(checks.max).to_string(),
+                millis(checks.min).to_string(),
+                format!("{average:.6}"),
                 timestamp(node.last_check),
                 timestamp(node.last_answer),
                 String::new(),
-                timestamp(failed),
+                timestamp(checks.last_failure),
             ])
         })
         .collect();
@@ -760,7 +760,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::cluster::{CheckError, CheckErrorKind, Epoch, NodeId};
+    use crate::cluster::{CheckError, CheckErrorKind, CheckStats, Epoch, NodeId};
     use crate::config::{BackendFlags, BackendHost};
 
     #[test]
@@ -852,6 +852,14 @@ mod tests {
             status_changed: Some(at(1_709_210_096)),
             last_check_duration: Some(Duration::from_micros(3_400)),
             last_answer: Some(at(1_709_210_096)),
+            checks: CheckStats {
+                total: 3,
+                success: 3,
+                min: Some(Duration::from_micros(2_500)),
+                max: Some(Duration::from_micros(4_000)),
+                sum: Duration::from_micros(9_900),
+                ..CheckStats::default()
+            },
             ..node(0, BackendHost::Tcp("10.0.0.1".into()), 5432)
         };
         let standby = NodeState {
@@ -874,6 +882,16 @@ mod tests {
             last_check_duration: Some(Duration::from_secs(10)),
             last_answer: Some(at(1_709_210_090)),
             last_error: Some(CheckError::new(CheckErrorKind::Timeout, "no answer in 10s")),
+            checks: CheckStats {
+                total: 5,
+                success: 4,
+                fail: 1,
+                consecutive_failures: 1,
+                min: Some(Duration::from_millis(2)),
+                max: Some(Duration::from_secs(10)),
+                sum: Duration::from_millis(10_010),
+                last_failure: Some(at(1_709_210_098)),
+            },
             ..node(2, BackendHost::Unix(PathBuf::from("/tmp")), 5434)
         };
         ClusterSnapshot {
@@ -1175,16 +1193,16 @@ mod tests {
                 "up",
                 "primary",
                 "2024-02-29 12:34:56",
-                "0",
-                "0",
+                "3",
+                "3",
                 "0",
                 "0",
                 "0",
                 "0.000000",
                 "0",
-                "3",
-                "3",
-                "3.000000",
+                "4",
+                "2",
+                "3.300000",
                 "2024-02-29 12:34:56",
                 "2024-02-29 12:34:56",
                 "",
@@ -1200,16 +1218,16 @@ mod tests {
                 "down",
                 "unknown",
                 "2024-02-29 12:34:58",
-                "0",
-                "0",
-                "0",
+                "5",
+                "4",
+                "1",
                 "0",
                 "0",
                 "0.000000",
                 "0",
                 "10000",
-                "10000",
-                "10000.000000",
+                "2",
+                "2002.000000",
                 "2024-02-29 12:34:58",
                 "2024-02-29 12:34:50",
                 "",

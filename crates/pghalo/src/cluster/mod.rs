@@ -33,7 +33,9 @@ use tokio::sync::{mpsc, watch};
 use crate::config::BackendConfig;
 
 pub use observation::{CheckError, CheckErrorKind, Observation, Probe, Sender};
-pub use snapshot::{ClusterSnapshot, LagLimits, NodeLsns, NodeState, Replication};
+pub use snapshot::{
+    CheckStats, ClusterSnapshot, Detachment, LagLimits, NodeLsns, NodeState, Replication,
+};
 pub use types::{Epoch, FalsePrimary, Lsn, LsnError, NodeId, Role, Status};
 
 use table::{NodeTable, Notice, RoleChange};
@@ -58,20 +60,22 @@ impl Cluster {
     /// except an ALWAYS_PRIMARY node's), publishes it, and spawns the owner
     /// task. Needs a tokio runtime.
     pub fn start(backends: &[BackendConfig]) -> Cluster {
-        Cluster::start_decided(backends, None, &[])
+        Cluster::start_decided(backends, None, &[], &[])
     }
 
     /// As `start`, taking over a state file's decisions: `primary` (name,
     /// timeline) is the known primary until observations show otherwise,
-    /// and the `detached` nodes stay detached. Names the configuration
-    /// does not have are logged and ignored.
+    /// and the `detached` nodes stay detached (those also in `by_hand` as
+    /// detached by the operator). Names the configuration does not have
+    /// are logged and ignored.
     pub fn start_decided(
         backends: &[BackendConfig],
         primary: Option<(&str, Option<u32>)>,
         detached: &[String],
+        by_hand: &[String],
     ) -> Cluster {
         let mut table = NodeTable::new(backends);
-        for name in table.restore(primary, detached) {
+        for name in table.restore(primary, detached, by_hand) {
             tracing::warn!(node = %name, "the state file names a node the configuration does not have; ignored");
         }
         let first = Arc::new(table.snapshot());
@@ -183,7 +187,7 @@ enum Input {
     /// A committed decision to take a node out of routing (or put it back).
     Detached {
         node: NodeId,
-        detached: bool,
+        how: Detachment,
     },
     /// A committed promotion, acted on: `node` is the primary.
     Primary {
@@ -205,10 +209,10 @@ impl Observer {
     }
 
     /// Takes `node` out of routing (a committed Detach decision), or puts
-    /// it back.
-    pub async fn set_detached(&self, node: NodeId, detached: bool) -> Result<(), ClusterClosed> {
+    /// it back (`Detachment::Attached`).
+    pub async fn set_detached(&self, node: NodeId, how: Detachment) -> Result<(), ClusterClosed> {
         self.tx
-            .send(Input::Detached { node, detached })
+            .send(Input::Detached { node, how })
             .await
             .map_err(|_| ClusterClosed)
     }
@@ -229,8 +233,8 @@ impl NodeTable {
     fn take(&mut self, input: Input) -> Option<Notice> {
         match input {
             Input::Observed(observation) => self.observe(observation),
-            Input::Detached { node, detached } => {
-                self.set_detached(node, detached);
+            Input::Detached { node, how } => {
+                self.set_detached(node, how);
                 None
             }
             Input::Primary { node } => {

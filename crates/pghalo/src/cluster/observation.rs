@@ -43,6 +43,8 @@ pub struct Probe {
     pub synchronous_standby_names: Option<String>,
     /// On a primary, one entry per walsender (`pg_stat_replication`).
     pub senders: Vec<Sender>,
+    /// On a standby, its `primary_slot_name`; None when it has none.
+    pub slot_name: Option<String>,
 }
 
 /// One walsender of a primary, as `pg_stat_replication` shows it.

@@ -57,6 +57,8 @@ pub struct NodeState {
     /// pgpool backend_weight (changes on reload).
     pub weight: f64,
     pub flags: BackendFlags,
+    /// `[[backend]] promotion_priority`: 0 = never promoted automatically.
+    pub promotion_priority: u32,
     pub role: Role,
     /// The epoch at which `role` was set.
     pub role_epoch: Epoch,
@@ -86,6 +88,11 @@ pub struct NodeState {
     /// Taken out of routing by a committed decision (pgpool shows such a
     /// node as down).
     pub detached: bool,
+    /// Detached by the operator (`pghalo ctl detach`): auto_failback
+    /// leaves it alone.
+    pub detached_by_hand: bool,
+    /// When it was detached (or when a restart took the detachment over).
+    pub detached_since: Option<SystemTime>,
     /// When the node last answered.
     pub last_answer: Option<SystemTime>,
     /// Why the last check failed; None after an answer.
@@ -99,6 +106,66 @@ pub struct NodeState {
     /// On a standby, how the primary's last answer showed its walsender;
     /// None when the primary is not up or has no walsender for it.
     pub replication: Option<Replication>,
+    /// On a standby, its `primary_slot_name` at its last answer (the slot
+    /// to drop on the primary once it has been detached too long).
+    pub slot_name: Option<String>,
+    /// Every check since pghalo started (SHOW POOL_HEALTH_CHECK_STATS).
+    pub checks: CheckStats,
+}
+
+/// Counts of a node's checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckStats {
+    pub total: u64,
+    pub success: u64,
+    pub fail: u64,
+    /// Failed checks in a row that said the node is down (a refused login
+    /// neither counts nor resets them).
+    pub consecutive_failures: u32,
+    pub min: Option<Duration>,
+    pub max: Option<Duration>,
+    pub sum: Duration,
+    /// When the last failed check started.
+    pub last_failure: Option<SystemTime>,
+}
+
+impl CheckStats {
+    pub fn average(&self) -> Option<Duration> {
+        u32::try_from(self.total)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| self.sum / n)
+    }
+
+    /// Records one check that took `elapsed`; `down` for a failure that
+    /// says the node is not serving, `failed` for any failure.
+    pub(super) fn record(&mut self, at: SystemTime, elapsed: Duration, failed: bool, down: bool) {
+        self.total += 1;
+        self.sum += elapsed;
+        self.min = Some(self.min.map_or(elapsed, |m| m.min(elapsed)));
+        self.max = Some(self.max.map_or(elapsed, |m| m.max(elapsed)));
+        if failed {
+            self.fail += 1;
+            self.last_failure = Some(at);
+            if down {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            }
+        } else {
+            self.success += 1;
+            self.consecutive_failures = 0;
+        }
+    }
+}
+
+/// Why a node is out of routing, if it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detachment {
+    Attached,
+    /// By pghalo (a failed standby, one that could not follow, a
+    /// switchover's old primary): auto_failback may attach it again.
+    Automatic,
+    /// By the operator: only `pghalo ctl attach` brings it back.
+    ByHand,
 }
 
 /// A standby's stream as the primary reports it (SHOW POOL_NODES'
@@ -139,6 +206,7 @@ impl NodeState {
             port,
             weight,
             flags,
+            promotion_priority: 1,
             role: Role::Unknown,
             role_epoch: Epoch::ZERO,
             status: Status::Waiting,
@@ -151,11 +219,15 @@ impl NodeState {
             last_check_duration: None,
             status_changed: None,
             detached: false,
+            detached_by_hand: false,
+            detached_since: None,
             last_answer: None,
             last_error: None,
             server_version: None,
             synchronous_standby_names: None,
             replication: None,
+            slot_name: None,
+            checks: CheckStats::default(),
         }
     }
 

@@ -38,7 +38,7 @@ use std::time::Duration;
 use crate::config::BackendConfig;
 
 use super::observation::{CheckError, Observation, Sender};
-use super::snapshot::{ClusterSnapshot, NodeLsns, NodeState, Replication};
+use super::snapshot::{ClusterSnapshot, Detachment, NodeLsns, NodeState, Replication};
 use super::types::{Epoch, FalsePrimary, NodeId, Role, Status};
 
 /// A role that changed in one `settle`.
@@ -95,6 +95,7 @@ impl NodeTable {
                 state: NodeState {
                     // Configuration, not an observation: epoch 0.
                     application_name: b.application_name.clone(),
+                    promotion_priority: b.promotion_priority,
                     role: if always_primary == Some(NodeId(index)) {
                         Role::Primary
                     } else {
@@ -140,6 +141,12 @@ impl NodeTable {
         if after != before {
             state.status_changed = Some(obs.at);
         }
+        state.checks.record(
+            obs.at,
+            obs.elapsed,
+            obs.outcome.is_err(),
+            obs.outcome.as_ref().is_err_and(|e| e.kind.means_down()),
+        );
         match obs.outcome {
             Ok(probe) => {
                 state.status = Status::Up;
@@ -156,6 +163,7 @@ impl NodeTable {
                 };
                 state.server_version = probe.server_version.or(state.server_version);
                 state.synchronous_standby_names = probe.synchronous_standby_names;
+                state.slot_name = probe.slot_name;
                 entry.replay_delay = probe.replay_delay;
                 entry.senders = probe.senders;
                 (before != Status::Up).then_some(Notice::StatusChanged {
@@ -209,13 +217,19 @@ impl NodeTable {
 
     /// A committed detach (or attach): a detached node is routed nothing
     /// and is never taken as primary.
-    pub(super) fn set_detached(&mut self, node: NodeId, detached: bool) {
-        if let Some(entry) = self.entries.get_mut(node.index()) {
-            if entry.state.detached != detached {
-                entry.state.status_changed = Some(std::time::SystemTime::now());
-            }
-            entry.state.detached = detached;
+    pub(super) fn set_detached(&mut self, node: NodeId, how: Detachment) {
+        let Some(entry) = self.entries.get_mut(node.index()) else {
+            return;
+        };
+        let state = &mut entry.state;
+        let detached = how != Detachment::Attached;
+        if state.detached != detached {
+            let now = std::time::SystemTime::now();
+            state.status_changed = Some(now);
+            state.detached_since = detached.then_some(now);
         }
+        state.detached = detached;
+        state.detached_by_hand = how == Detachment::ByHand;
     }
 
     /// Takes the weights of a reloaded configuration. Names, addresses and
@@ -359,6 +373,7 @@ impl NodeTable {
         &mut self,
         primary: Option<(&str, Option<u32>)>,
         detached: &[String],
+        by_hand: &[String],
     ) -> Vec<String> {
         let mut unknown = Vec::new();
         let mut find = |name: &str| {
@@ -369,9 +384,17 @@ impl NodeTable {
             found
         };
         let primary = primary.and_then(|(name, timeline)| find(name).map(|i| (i, timeline)));
-        let detached: Vec<usize> = detached.iter().filter_map(|n| find(n)).collect();
-        for index in detached {
-            self.entries[index].state.detached = true;
+        let detached: Vec<(usize, bool)> = detached
+            .iter()
+            .filter_map(|n| find(n).map(|i| (i, by_hand.contains(n))))
+            .collect();
+        for (index, by_hand) in detached {
+            let how = if by_hand {
+                Detachment::ByHand
+            } else {
+                Detachment::Automatic
+            };
+            self.set_detached(NodeId(index), how);
         }
         if let (Some((index, timeline)), None) = (primary, self.always_primary) {
             self.primary = Some(NodeId(index));
@@ -682,7 +705,11 @@ mod tests {
     fn a_restored_primary_holds_against_a_former_one() {
         // The state file names node2 on timeline 2; node1 is detached.
         let mut t = NodeTable::new(&backends(3, None));
-        let unknown = t.restore(Some(("node2", Some(2))), &["node1".into(), "gone".into()]);
+        let unknown = t.restore(
+            Some(("node2", Some(2))),
+            &["node1".into(), "gone".into()],
+            &["node1".into()],
+        );
         assert_eq!(unknown, ["gone"]);
         // Everything but node0 is down, and node0 (timeline 1) claims.
         let s = feed(
@@ -694,7 +721,7 @@ mod tests {
             ],
         );
         assert_eq!(s.primary, Some(NodeId(2)));
-        assert!(s.nodes[1].detached);
+        assert!(s.nodes[1].detached && s.nodes[1].detached_by_hand);
         assert!(matches!(s.nodes[0].role, Role::FalsePrimary(_)));
         // A node promoted after node2 (timeline 3) would be taken.
         let s = feed(&mut t, vec![primary(1, 3, 70)]);
@@ -709,13 +736,13 @@ mod tests {
         // as a primary (detached first).
         let mut t = NodeTable::new(&backends(2, None));
         feed(&mut t, vec![primary(0, 1, 10), standby(1, 1, 10)]);
-        t.set_detached(NodeId(0), true);
+        t.set_detached(NodeId(0), Detachment::Automatic);
         t.set_primary(NodeId(1));
         let s = feed(&mut t, vec![primary(1, 2, 20), primary(0, 1, 30)]);
         assert_eq!(s.primary, Some(NodeId(1)));
         assert!(matches!(s.nodes[0].role, Role::FalsePrimary(_)));
         // Attached again, it is still not the primary.
-        t.set_detached(NodeId(0), false);
+        t.set_detached(NodeId(0), Detachment::Attached);
         let s = feed(&mut t, vec![primary(0, 1, 40)]);
         assert_eq!(s.primary, Some(NodeId(1)));
         assert_eq!(primaries(&s), 1);

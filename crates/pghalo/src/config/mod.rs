@@ -455,6 +455,26 @@ pub struct FailoverConfig {
     /// while the primary is down (for a failover, or for it to come back)
     /// before it gets an error. 0 = no wait.
     pub wait_for_primary: ConfigDuration,
+    /// pgpool auto_failback: a standby pghalo detached (it failed, or
+    /// could not follow) is attached again once the primary shows it
+    /// streaming on the primary's timeline. One the operator detached
+    /// stays detached. On by default (pgpool: off, because it cannot tell
+    /// the two apart).
+    pub auto_failback: bool,
+    /// How long a detached standby's replication slot is kept on the
+    /// primary, so that it can catch up when it comes back; then it is
+    /// dropped so that WAL does not pile up. 0 = never dropped.
+    pub slot_grace_period: ConfigDuration,
+    /// pgpool failover_command, with its placeholders: promotes the new
+    /// primary instead of pg_promote(). Its exit status is checked (0 =
+    /// done) and it gets promote_timeout; then pghalo waits until the node
+    /// is out of recovery. `""` = built in.
+    pub failover_command: String,
+    /// pgpool follow_primary_command: run once per standby that is up,
+    /// instead of the built-in follow; exit status checked, within
+    /// follow_primary_timeout, then the standby must be seen streaming
+    /// from the new primary. `""` = built in.
+    pub follow_primary_command: String,
 }
 
 impl Default for FailoverConfig {
@@ -469,6 +489,10 @@ impl Default for FailoverConfig {
             promote_timeout: ConfigDuration::from_secs(60),
             follow_primary_timeout: ConfigDuration::from_secs(30),
             wait_for_primary: ConfigDuration::from_secs(10),
+            auto_failback: true,
+            slot_grace_period: ConfigDuration::from_secs(30 * 60),
+            failover_command: String::new(),
+            follow_primary_command: String::new(),
         }
     }
 }
@@ -529,10 +553,19 @@ pub struct BackendConfig {
     /// name when not given.
     #[serde(default)]
     pub application_name: String,
+    /// Among standbys equally advanced, the higher is promoted first; 0 =
+    /// never promoted automatically (`pghalo ctl promote` still can). No
+    /// pgpool equivalent.
+    #[serde(default = "default_promotion_priority")]
+    pub promotion_priority: u32,
 }
 
 fn default_weight() -> f64 {
     1.0
+}
+
+fn default_promotion_priority() -> u32 {
+    1
 }
 
 fn serialize_optional_path<S: serde::Serializer>(

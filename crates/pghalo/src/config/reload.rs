@@ -319,6 +319,30 @@ fn diff_failover(d: &mut Diff, old: &Config, new: &Config) {
         &o.wait_for_primary,
         &n.wait_for_primary,
     );
+    d.field(
+        Restart,
+        &key("auto_failback"),
+        &o.auto_failback,
+        &n.auto_failback,
+    );
+    d.field(
+        Restart,
+        &key("slot_grace_period"),
+        &o.slot_grace_period,
+        &n.slot_grace_period,
+    );
+    d.field(
+        Restart,
+        &key("failover_command"),
+        &quoted(&o.failover_command),
+        &quoted(&n.failover_command),
+    );
+    d.field(
+        Restart,
+        &key("follow_primary_command"),
+        &quoted(&o.follow_primary_command),
+        &quoted(&n.follow_primary_command),
+    );
 }
 
 /// All live, as in pgpool: the replication monitor is handed its new

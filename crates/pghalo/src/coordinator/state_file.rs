@@ -36,6 +36,10 @@ pub struct DecidedState {
     pub primary: Option<DecidedPrimary>,
     /// Nodes taken out of routing by a decision.
     pub detached: Vec<String>,
+    /// Those of `detached` the operator detached (auto_failback leaves
+    /// them alone).
+    #[serde(default)]
+    pub detached_by_hand: Vec<String>,
     pub events: Vec<StoredEvent>,
 }
 
@@ -72,6 +76,12 @@ impl DecidedState {
                 .nodes
                 .iter()
                 .filter(|n| n.detached)
+                .map(|n| n.name.clone())
+                .collect(),
+            detached_by_hand: snapshot
+                .nodes
+                .iter()
+                .filter(|n| n.detached && n.detached_by_hand)
                 .map(|n| n.name.clone())
                 .collect(),
             events: coordinator
@@ -268,6 +278,7 @@ mod tests {
                 timeline: Some(2),
             }),
             detached: vec!["node1".into()],
+            detached_by_hand: vec![],
             events: vec![StoredEvent {
                 epoch: Some(4),
                 at_ms: 1_700_000_000_123,

@@ -192,6 +192,39 @@ impl Control {
         }
     }
 
+    /// Waits until `node` is out of recovery (promoted by a command).
+    pub async fn wait_out_of_recovery(
+        &self,
+        node: &Target,
+        limit: Duration,
+    ) -> Result<(), ActionError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let answer = async {
+                let (client, _driver) = self.connect(node).await?;
+                let row = self
+                    .run(
+                        node,
+                        "pg_is_in_recovery",
+                        client.query_one("SELECT pg_catalog.pg_is_in_recovery()", &[]),
+                    )
+                    .await?;
+                Ok::<bool, ActionError>(row.get(0))
+            }
+            .await;
+            if matches!(answer, Ok(false)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ActionError::Refused {
+                    node: node.name.clone(),
+                    reason: format!("still in recovery after {limit:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Promotes `node` and returns once it is out of recovery.
     pub async fn promote(&self, node: &Target, limit: Duration) -> Result<(), ActionError> {
         let (client, _driver) = self.connect(node).await?;
@@ -237,6 +270,41 @@ impl Control {
         Ok(())
     }
 
+    /// Creates physical replication slot `slot` on `primary` unless it
+    /// exists.
+    pub async fn ensure_slot(&self, primary: &Target, slot: &str) -> Result<(), ActionError> {
+        let (client, _driver) = self.connect(primary).await?;
+        self.run(
+            primary,
+            "creating the replication slot",
+            client.execute(
+                "SELECT pg_catalog.pg_create_physical_replication_slot($1) \
+                 WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
+                &[&slot],
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Drops replication slot `slot` on `primary` if it exists and no
+    /// walsender uses it; true if it was dropped.
+    pub async fn drop_slot(&self, primary: &Target, slot: &str) -> Result<bool, ActionError> {
+        let (client, _driver) = self.connect(primary).await?;
+        let dropped = self
+            .run(
+                primary,
+                "dropping the replication slot",
+                client.query(
+                    "SELECT pg_catalog.pg_drop_replication_slot(slot_name) \
+                     FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                    &[&slot],
+                ),
+            )
+            .await?;
+        Ok(!dropped.is_empty())
+    }
+
     /// Points `standby` at `primary`: its replication slot made on the
     /// primary first, primary_conninfo rewritten to the primary's address
     /// (everything else, credentials included, kept), the configuration
@@ -271,17 +339,7 @@ impl Control {
                 }
             })?;
         if !slot.is_empty() {
-            let (on_primary, _primary_driver) = self.connect(primary).await?;
-            self.run(
-                primary,
-                "creating the replication slot",
-                on_primary.execute(
-                    "SELECT pg_catalog.pg_create_physical_replication_slot($1) \
-                     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
-                    &[&slot],
-                ),
-            )
-            .await?;
+            self.ensure_slot(primary, &slot).await?;
         }
         // ALTER SYSTEM takes no parameters (a quoted literal) and cannot
         // share a Query with another statement (it refuses to run inside

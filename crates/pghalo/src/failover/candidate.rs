@@ -1,13 +1,16 @@
 //! Which standby to promote when the primary is gone: pure, over the last
 //! snapshot before the failure.
 //!
-//! The rule: among the standbys that are up and within max_lag_on_failover
+//! The rule: among the standbys that are up, not detached, and within
+//! max_lag_on_failover
 //! of the primary's last known position, the one that has received the most
 //! WAL
 //! (it holds every commit the others hold; with `ANY 1` synchronous
 //! replication, every acknowledged commit is on at least one standby, so
-//! the most advanced one has them all). Ties go to the lowest node id, so
-//! that every instance picks the same node. (DISALLOW_TO_FAILOVER, as in
+//! the most advanced one has them all). Ties go to the higher
+//! `promotion_priority`, then to the lowest node id, so that every instance
+//! picks the same node; a standby with priority 0 is never promoted
+//! automatically (its position still counts for the synchronous rule). (DISALLOW_TO_FAILOVER, as in
 //! pgpool, is about the failed node: the caller does not fail it over.)
 //!
 //! With synchronous replication on the failed primary, enough of the
@@ -32,6 +35,10 @@ pub enum NoCandidate {
     #[error("no standby has reported a WAL position")]
     NoPosition,
     #[error(
+        "the most advanced standby, {node}, has promotion_priority 0 and is never promoted automatically"
+    )]
+    NeverPromoted { node: String },
+    #[error(
         "synchronous replication ({rule}): an acknowledged commit may be only on a standby that is not up; {heard} of the {listed} listed standbys answered and {needed} must (promote one by hand to accept the loss)"
     )]
     SyncUnsure {
@@ -53,7 +60,9 @@ pub fn choose_candidate(
     let up: Vec<&NodeState> = snapshot
         .nodes
         .iter()
-        .filter(|n| n.id != failed && n.role == Role::Standby && n.status == Status::Up)
+        .filter(|n| {
+            n.id != failed && n.role == Role::Standby && n.status == Status::Up && !n.detached
+        })
         .collect();
     if up.is_empty() {
         return Err(NoCandidate::NoStandbyUp);
@@ -90,12 +99,30 @@ pub fn choose_candidate(
             (a, b) => a.or(b),
         }
     };
+    let most = up
+        .iter()
+        .filter_map(|n| position(n))
+        .max()
+        .ok_or(NoCandidate::NoPosition)?;
+    // Only a standby with everything the most advanced one has: promoting
+    // a less advanced one of higher priority could lose commits.
     let best = up
         .iter()
-        .filter_map(|n| position(n).map(|lsn| (lsn, n.id)))
-        // Most WAL first; equal positions: the lowest id.
-        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-        .ok_or(NoCandidate::NoPosition)?;
+        .filter(|n| position(n) == Some(most))
+        .filter(|n| n.promotion_priority > 0)
+        // Higher priority first; equal priorities: the lowest id.
+        .max_by(|a, b| {
+            a.promotion_priority
+                .cmp(&b.promotion_priority)
+                .then(b.id.cmp(&a.id))
+        })
+        .map(|n| (most, n.id))
+        .ok_or_else(|| NoCandidate::NeverPromoted {
+            node: up
+                .iter()
+                .find(|n| position(n) == Some(most))
+                .map_or_else(String::new, |n| n.name.clone()),
+        })?;
     if let (Some(limit), Some(primary_at)) =
         (max_lag, snapshot.node(failed).and_then(|p| p.lsn.current))
     {
@@ -146,8 +173,11 @@ mod tests {
     }
 
     #[test]
-    fn down_and_lagging_standbys_are_not_candidates() {
+    fn down_detached_and_lagging_standbys_are_not_candidates() {
         let mut s = cluster(&[Some(900), Some(950)]);
+        s.nodes[2].detached = true;
+        assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(1)));
+        s.nodes[2].detached = false;
         s.nodes[2].status = Status::Down;
         assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(1)));
         s.nodes[1].status = Status::Down;
@@ -165,6 +195,26 @@ mod tests {
         assert_eq!(
             choose_candidate(&s, NodeId(0), None),
             Err(NoCandidate::NoPosition)
+        );
+    }
+
+    #[test]
+    fn priority_breaks_ties_and_zero_is_never_promoted() {
+        let mut s = cluster(&[Some(950), Some(950)]);
+        s.nodes[2].promotion_priority = 5;
+        assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(2)));
+        // Priority never beats position.
+        let mut s = cluster(&[Some(950), Some(900)]);
+        s.nodes[2].promotion_priority = 5;
+        assert_eq!(choose_candidate(&s, NodeId(0), None), Ok(NodeId(1)));
+        // The most advanced is never promoted: nobody is (the other may
+        // lack commits).
+        s.nodes[1].promotion_priority = 0;
+        assert_eq!(
+            choose_candidate(&s, NodeId(0), None),
+            Err(NoCandidate::NeverPromoted {
+                node: "node1".into()
+            })
         );
     }
 

@@ -16,7 +16,7 @@
 //! Refused, with nothing changed: a node that does not exist, the current
 //! primary, a node that is not an up standby, a detached node.
 
-use crate::cluster::{NodeId, Role, Status};
+use crate::cluster::{Detachment, NodeId, Role, Status};
 use crate::coordinator::Decision;
 
 use super::Worker;
@@ -86,7 +86,7 @@ impl Worker {
             .await
             .map_err(|refused| format!("not decided: {refused}"))?;
         self.observer
-            .set_detached(old_id, true)
+            .set_detached(old_id, Detachment::Automatic)
             .await
             .map_err(|e| e.to_string())?;
         let caught_up = async {
@@ -114,7 +114,10 @@ impl Worker {
                     .await
                     .is_ok()
                 {
-                    let _ = self.observer.set_detached(old_id, false).await;
+                    let _ = self
+                        .observer
+                        .set_detached(old_id, Detachment::Attached)
+                        .await;
                 }
                 return Err(reason);
             }

@@ -11,19 +11,25 @@
 //! - `sync_rule.rs`: what synchronous_standby_names promises (pure).
 //! - `actions.rs`: promote and follow over SQL as recovery_user.
 //! - `conninfo.rs`: primary_conninfo read and pointed elsewhere.
+//! - `command.rs`: failover_command / follow_primary_command, pgpool's
+//!   placeholders, run under a time limit with the exit status checked.
 //! - `manual.rs`: `pghalo ctl promote`: a failover or a switchover to a
 //!   node the operator names.
+//! - `standby.rs`: failed standbys detached, their slots dropped after a
+//!   grace period, auto_failback.
 //! - `mod.rs`: [`FailoverSettings`] and the task ([`FailoverTask`]).
 //!
-//! Not yet (issue 5 goes on): the failover_command / follow_primary_command
-//! templates, per-node priorities, the slot grace period.
+//! Not yet (issue 5 goes on): health_check_* parameters of their own.
 
 mod actions;
 mod candidate;
+mod command;
 mod conninfo;
 mod manual;
+mod standby;
 mod sync_rule;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,9 +38,10 @@ use tokio::task::JoinHandle;
 
 pub use actions::{ActionError, Control};
 pub use candidate::{NoCandidate, choose_candidate};
+pub use command::{NodeFacts, Placeholders};
 
 use crate::cluster::{
-    CheckErrorKind, ClusterSnapshot, ClusterView, Epoch, NodeId, Observer, Status,
+    CheckErrorKind, ClusterSnapshot, ClusterView, Detachment, Epoch, NodeId, Observer, Status,
 };
 use crate::config::passwd::{PasswdError, PasswordFile};
 use crate::config::{Config, ResolvedPassword};
@@ -43,6 +50,9 @@ use crate::health::{MonitorWaker, Target, postmaster_answers};
 
 /// How long to wait before trying a failed failover again.
 const BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long to wait for the node table to show a decision just applied.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// How long a postmaster has to answer a sign-of-life request after a
 /// check timed out: forking a backend and writing one byte takes
@@ -63,7 +73,17 @@ pub struct FailoverSettings {
     pub max_lag: Option<u64>,
     pub promote_timeout: Duration,
     pub follow_timeout: Duration,
+    pub auto_failback: bool,
+    /// None: slots are never dropped.
+    pub slot_grace: Option<Duration>,
+    /// pgpool failover_command: promotes in place of pg_promote().
+    pub failover_command: Option<String>,
+    /// pgpool follow_primary_command: points a standby at the new primary
+    /// in place of the built-in follow.
+    pub follow_primary_command: Option<String>,
     pub targets: Vec<Target>,
+    /// What the command placeholders say about each node.
+    pub facts: Vec<NodeFacts>,
 }
 
 impl FailoverSettings {
@@ -101,7 +121,23 @@ impl FailoverSettings {
             max_lag: Some(f.max_lag_on_failover.bytes()).filter(|b| *b > 0),
             promote_timeout: f.promote_timeout.as_duration(),
             follow_timeout: f.follow_primary_timeout.as_duration(),
+            auto_failback: f.auto_failback,
+            slot_grace: f.slot_grace_period.limit(),
+            failover_command: Some(f.failover_command.trim().to_owned()).filter(|c| !c.is_empty()),
+            follow_primary_command: Some(f.follow_primary_command.trim().to_owned())
+                .filter(|c| !c.is_empty()),
             targets: Target::all(config),
+            facts: config
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| NodeFacts {
+                    id: NodeId(i),
+                    host: b.host.clone(),
+                    port: b.port,
+                    data_directory: b.data_directory.clone(),
+                })
+                .collect(),
         })
     }
 }
@@ -160,6 +196,7 @@ impl FailoverTask {
             observer,
             waker,
             coordinator,
+            slots: HashMap::new(),
         };
         let (requests, incoming) = mpsc::channel(4);
         FailoverTask {
@@ -179,6 +216,8 @@ struct Worker {
     observer: Observer,
     waker: MonitorWaker,
     coordinator: Arc<dyn Coordinator>,
+    /// What pghalo did to detached standbys' replication slots.
+    slots: HashMap<NodeId, standby::SlotState>,
 }
 
 /// How a look at a down primary ended.
@@ -212,6 +251,7 @@ impl Worker {
                 return;
             }
             let snapshot = self.view.snapshot();
+            self.standby_upkeep(&snapshot).await;
             let Some(primary) = snapshot.primary_node() else {
                 continue;
             };
@@ -245,6 +285,105 @@ impl Worker {
                 Outcome::Nothing | Outcome::Handled => {}
             }
         }
+    }
+
+    /// Promotes `candidate` with failover_command if one is set (its exit
+    /// status checked, then pghalo waits until the node is out of
+    /// recovery itself), else with pg_promote().
+    async fn promote(
+        &self,
+        control: &Control,
+        candidate: NodeId,
+        old: NodeId,
+    ) -> Result<(), String> {
+        let target = self
+            .settings
+            .targets
+            .get(candidate.index())
+            .ok_or_else(|| format!("there is no node {candidate}"))?;
+        let limit = self.settings.promote_timeout;
+        let Some(template) = &self.settings.failover_command else {
+            return control
+                .promote(target, limit)
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let line = self
+            .placeholders(old, candidate, old)
+            .map(|p| command::expand(template, &p))
+            .ok_or_else(|| "a node is missing from the configuration".to_owned())?;
+        tracing::info!(command = %line, "running failover_command");
+        match command::run(&line, limit).await {
+            Ok(output) => tracing::info!(output = %output.trim(), "failover_command succeeded"),
+            Err(e) => return Err(format!("failover_command {line:?}: {e}")),
+        }
+        control
+            .wait_out_of_recovery(target, limit)
+            .await
+            .map_err(|e| format!("after failover_command: {e}"))
+    }
+
+    /// Points `standby` at `new`: follow_primary_command if one is set
+    /// (then pghalo waits until the new primary shows it streaming), else
+    /// the built-in follow.
+    async fn follow(
+        &self,
+        control: &Control,
+        primary: &Target,
+        standby: NodeId,
+        new: NodeId,
+        old: NodeId,
+    ) -> Result<(), String> {
+        let target = self
+            .settings
+            .targets
+            .get(standby.index())
+            .ok_or_else(|| format!("there is no node {standby}"))?;
+        let limit = self.settings.follow_timeout;
+        let Some(template) = &self.settings.follow_primary_command else {
+            return control
+                .follow(primary, target, limit)
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let line = self
+            .placeholders(standby, new, old)
+            .map(|p| command::expand(template, &p))
+            .ok_or_else(|| "a node is missing from the configuration".to_owned())?;
+        tracing::info!(command = %line, "running follow_primary_command");
+        match command::run(&line, limit).await {
+            Ok(output) => {
+                tracing::info!(output = %output.trim(), "follow_primary_command succeeded");
+            }
+            Err(e) => return Err(format!("follow_primary_command {line:?}: {e}")),
+        }
+        self.waker.check_now();
+        self.view
+            .wait_for(limit, |s| {
+                s.primary == Some(new)
+                    && s.node(standby).is_some_and(|n| {
+                        n.replication
+                            .as_ref()
+                            .is_some_and(|r| r.state == "streaming")
+                    })
+            })
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                format!(
+                    "follow_primary_command succeeded, but {} does not stream from {} after {limit:?}",
+                    target.name, primary.name
+                )
+            })
+    }
+
+    fn placeholders(&self, node: NodeId, new: NodeId, old: NodeId) -> Option<Placeholders> {
+        let facts = |id: NodeId| self.settings.facts.get(id.index()).cloned();
+        Some(Placeholders {
+            node: facts(node)?,
+            new_primary: facts(new)?,
+            old_primary: facts(old)?,
+        })
     }
 
     /// How logs and ctl name a node.
@@ -320,6 +459,8 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!("failover of {}: {e}", self.name(failed));
+                self.coordinator
+                    .report(format!("failover of {} failed", self.name(failed)), e);
                 Outcome::Retry
             }
         }
@@ -350,15 +491,12 @@ impl Worker {
             .targets
             .get(candidate.index())
             .ok_or_else(|| format!("there is no node {candidate}"))?;
-        control
-            .promote(target, self.settings.promote_timeout)
-            .await
-            .map_err(|e| {
-                format!(
-                    "promoting {} failed (epoch {}): {e}",
-                    target.name, committed.epoch
-                )
-            })?;
+        self.promote(control, candidate, old).await.map_err(|e| {
+            format!(
+                "promoting {} failed (epoch {}): {e}",
+                target.name, committed.epoch
+            )
+        })?;
         // Routing acts on the decision, not on the next check's say-so.
         self.observer
             .set_primary(candidate)
@@ -455,13 +593,10 @@ impl Worker {
             .map(|n| n.id)
             .collect();
         for node in followers {
-            let Some(standby) = self.settings.targets.get(node.index()) else {
+            let Some(standby) = self.settings.targets.get(node.index()).cloned() else {
                 continue;
             };
-            match control
-                .follow(&primary, standby, self.settings.follow_timeout)
-                .await
-            {
+            match self.follow(control, &primary, node, new, failed).await {
                 Ok(()) => tracing::info!("{} follows {}", standby.name, primary.name),
                 Err(e) => {
                     tracing::error!(
@@ -475,7 +610,10 @@ impl Worker {
                         .decide(Decision::Detach { node }, reason, self.coordinator.epoch())
                         .await;
                     if decided.is_ok() {
-                        let _ = self.observer.set_detached(node, true).await;
+                        let _ = self
+                            .observer
+                            .set_detached(node, Detachment::Automatic)
+                            .await;
                     }
                 }
             }

@@ -58,7 +58,8 @@ SELECT r.in_recovery,
        END,
        current_setting('server_version_num')::int,
        CASE WHEN NOT r.in_recovery THEN current_setting('synchronous_standby_names') END,
-       s.names, s.states, s.sync_states
+       s.names, s.states, s.sync_states,
+       CASE WHEN r.in_recovery THEN nullif(current_setting('primary_slot_name'), '') END
 FROM r, LATERAL (
     SELECT array_agg(coalesce(application_name, '')) AS names,
            array_agg(coalesce(state, '')) AS states,
@@ -219,6 +220,7 @@ fn read_probe(row: &Row) -> Result<Probe, CheckError> {
         server_version: version.and_then(|v| u32::try_from(v).ok()),
         synchronous_standby_names: sync_names,
         senders,
+        slot_name: row.try_get(11).map_err(|e| bad("primary_slot_name", &e))?,
     })
 }
 

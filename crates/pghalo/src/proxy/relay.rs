@@ -359,7 +359,9 @@ impl<'a> Relay<'a> {
         self.mode == PoolMode::Transaction
     }
 
-    /// Gets a server connection and brings it to this client's settings.
+    /// Gets a server connection and brings it to this client's settings;
+    /// or, when the node a request was planned for cannot be reached,
+    /// none, with the plan dropped: the caller plans the request again.
     pub(super) async fn attach(&mut self) -> Result<(), ClientError> {
         if self.server.is_some() {
             return Ok(());
@@ -418,6 +420,13 @@ impl<'a> Relay<'a> {
                         return Err(ClientError::from(PoolError::Backend(e)));
                     }
                     self.retarget(node);
+                    if self.planned.take().is_some() {
+                        // A request planned for the lost node is planned
+                        // again on the topology the check left (the node
+                        // now down); kept, it would send the relay back to
+                        // the lost node again and again.
+                        return Ok(());
+                    }
                     self.proxy
                         .pools
                         .checkout(&self.key, &self.addr, &self.credentials)
