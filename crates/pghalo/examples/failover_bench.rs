@@ -425,6 +425,13 @@ fn median(values: &mut [Duration]) -> Duration {
 }
 
 fn main() -> std::process::ExitCode {
+    // pghalo's own log, for a run that needs explaining.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -80,6 +80,9 @@ pub(super) struct NodeTable {
     generation: u64,
     primary: Option<NodeId>,
     always_primary: Option<NodeId>,
+    /// A node promoted by decision that has not answered as a primary
+    /// yet: its stale "in recovery" does not unseat it.
+    promoted: Option<NodeId>,
 }
 
 impl NodeTable {
@@ -121,6 +124,7 @@ impl NodeTable {
             generation: 0,
             primary: always_primary,
             always_primary,
+            promoted: None,
         }
     }
 
@@ -153,6 +157,9 @@ impl NodeTable {
                 state.last_answer = Some(obs.at);
                 state.last_error = None;
                 state.in_recovery = Some(probe.in_recovery);
+                if !probe.in_recovery && self.promoted == Some(obs.node) {
+                    self.promoted = None;
+                }
                 if probe.timeline.is_some() {
                     state.timeline = probe.timeline;
                 }
@@ -207,11 +214,14 @@ impl NodeTable {
     }
 
     /// A committed promotion, acted on: `node` becomes the known primary
-    /// (rule 2 then keeps it while it claims the role). Ignored with an
-    /// ALWAYS_PRIMARY node, which nothing replaces.
+    /// (rule 2 then keeps it while it claims the role), and stays so while
+    /// its last answer, older than the promotion, still says "in
+    /// recovery". Ignored with an ALWAYS_PRIMARY node, which nothing
+    /// replaces.
     pub(super) fn set_primary(&mut self, node: NodeId) {
         if self.always_primary.is_none() && node.index() < self.entries.len() {
             self.primary = Some(node);
+            self.promoted = Some(node);
         }
     }
 
@@ -335,6 +345,7 @@ impl NodeTable {
             let known = &known.state;
             match claim(known) {
                 Some(false) => return Some(known.id),
+                Some(true) if self.promoted == Some(known.id) => return Some(known.id),
                 Some(true) => {} // Went into recovery: choose again below.
                 None if known.status != Status::Down => return Some(known.id),
                 None => {
@@ -741,6 +752,20 @@ mod tests {
         let s = feed(&mut t, vec![primary(1, 2, 20), primary(0, 1, 30)]);
         assert_eq!(s.primary, Some(NodeId(1)));
         assert!(matches!(s.nodes[0].role, Role::FalsePrimary(_)));
+        // A promotion decided before node1's next check: its stale "in
+        // recovery" does not leave the cluster without a primary.
+        let mut t2 = NodeTable::new(&backends(2, None));
+        feed(&mut t2, vec![primary(0, 1, 10), standby(1, 1, 10)]);
+        t2.set_primary(NodeId(1));
+        let s2 = feed(&mut t2, vec![failed(0, CheckErrorKind::Timeout)]);
+        assert_eq!(s2.primary, Some(NodeId(1)));
+        let s2 = feed(&mut t2, vec![primary(1, 2, 20)]);
+        assert_eq!(s2.primary, Some(NodeId(1)));
+        // Seen as a primary once, it is a primary like any other: going
+        // into recovery later hands over again.
+        let s2 = feed(&mut t2, vec![standby(1, 2, 20)]);
+        assert_eq!(s2.primary, None);
+
         // Attached again, it is still not the primary.
         t.set_detached(NodeId(0), Detachment::Attached);
         let s = feed(&mut t, vec![primary(0, 1, 40)]);

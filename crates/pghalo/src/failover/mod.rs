@@ -57,7 +57,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// How long a postmaster has to answer a sign-of-life request after a
 /// check timed out: forking a backend and writing one byte takes
 /// milliseconds even on a loaded server.
-const PING_LIMIT: Duration = Duration::from_secs(1);
+const PING_LIMIT: Duration = Duration::from_millis(500);
 
 /// What the failover task needs from the configuration.
 #[derive(Clone, Debug)]

@@ -247,19 +247,24 @@ impl Proxy {
             .map_or_else(|| self.settings.load().primary, |id| id.index())
     }
 
-    /// `node`, or, when `node` is the primary and down, the primary once
-    /// one is up again (a failover, or the node back), waiting at most
-    /// `wait_for_primary`; after that `node` all the same, and the caller
-    /// gets the usual connection error.
+    /// `node`, or, when `node` is the primary and down (or no primary is
+    /// known after one was), the primary once one is up again (a failover,
+    /// or the node back), waiting at most `wait_for_primary`; after that
+    /// `node` all the same, and the caller gets the usual connection error.
     pub(crate) async fn primary_when_up(&self, node: usize) -> usize {
         let Some(view) = self.cluster.0.get() else {
             return node;
         };
         let snapshot = view.snapshot();
-        let down_primary = snapshot.primary == Some(crate::cluster::NodeId(node))
-            && snapshot
-                .node(crate::cluster::NodeId(node))
-                .is_some_and(|n| n.status == crate::cluster::Status::Down);
+        // No primary any more (roles were seen, so this is not the start):
+        // a failover is under way; the configured first node would be a
+        // guess, and may be the one that hung.
+        let no_primary = snapshot.primary.is_none() && snapshot.epoch > crate::cluster::Epoch::ZERO;
+        let down_primary = no_primary
+            || (snapshot.primary == Some(crate::cluster::NodeId(node))
+                && snapshot
+                    .node(crate::cluster::NodeId(node))
+                    .is_some_and(|n| n.status == crate::cluster::Status::Down));
         let limit = self.settings.load().wait_for_primary;
         if !down_primary || limit.is_zero() {
             return node;
