@@ -539,6 +539,8 @@ pub fn proxy_settings(config: &Config, backend_tls: &BackendTls) -> ProxySetting
         pool_mode: config.pool.mode,
         client_idle_limit: config.listen.client_idle_limit.limit(),
         wait_for_primary: config.failover.wait_for_primary.as_duration(),
+        check_on_backend_error: config.failover.failover_on_backend_error,
+        check_on_backend_shutdown: config.failover.failover_on_backend_shutdown,
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     TestLab, conninfo, cut_off_from_wal, failover_section, monitor_section, node_client,
-    pg_connect, postmaster_pid, routing_config, trace, wait_for_replay, wait_for_topology,
+    pg_connect, postmaster_pid, routing_config, signal_postmaster, trace, wait_for_replay,
+    wait_for_topology,
 };
 use pghalo::cluster::{NodeId, Role};
 use pghalo::coordinator::{Coordinator, Decision};
@@ -295,16 +296,7 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
     let state_file = config.path().with_file_name("pghalo.state");
     let kept = std::fs::read(&state_file).unwrap();
     std::fs::remove_file(&state_file).unwrap();
-    let restarted = restart(&config).await;
-    let seen = restarted
-        .cluster()
-        .view()
-        .wait_for(Duration::from_secs(30), |s| {
-            s.nodes.iter().all(|n| n.last_check.is_some())
-                && matches!(s.nodes[0].role, Role::FalsePrimary(_))
-        })
-        .await;
-    assert!(seen.is_ok(), "without the state file: {seen:#?}");
+    let (restarted, _) = restart_with_node0_fenced(&config, "without the state file").await;
     assert_no_session_reaches(&config, &password, lab.node("node0").unwrap().port).await;
     restarted.stop();
     drop(restarted);
@@ -315,16 +307,7 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
         .await
         .unwrap();
     std::fs::write(&state_file, kept).unwrap();
-    let restarted = restart(&config).await;
-    let seen = restarted
-        .cluster()
-        .view()
-        .wait_for(Duration::from_secs(30), |s| {
-            s.nodes.iter().all(|n| n.last_check.is_some())
-                && matches!(s.nodes[0].role, Role::FalsePrimary(_))
-        })
-        .await;
-    let seen = seen.unwrap_or_else(|s| panic!("with the state file: {s:#?}"));
+    let (restarted, seen) = restart_with_node0_fenced(&config, "with the state file").await;
     assert_eq!(seen.primary, Some(new));
     assert_no_session_reaches(&config, &password, lab.node("node0").unwrap().port).await;
     restarted.stop();
@@ -344,6 +327,25 @@ async fn restart(config: &common::ProxyConfig) -> Daemon {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Restarts pghalo and waits until every node was checked and node0 (a
+/// former primary) is seen as a false primary.
+async fn restart_with_node0_fenced(
+    config: &common::ProxyConfig,
+    case: &str,
+) -> (Daemon, std::sync::Arc<pghalo::cluster::ClusterSnapshot>) {
+    let daemon = restart(config).await;
+    let seen = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            s.nodes.iter().all(|n| n.last_check.is_some())
+                && matches!(s.nodes[0].role, Role::FalsePrimary(_))
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{case}: {s:#?}"));
+    (daemon, seen)
 }
 
 /// No session through pghalo runs on the node at `port`: a few sessions
@@ -512,11 +514,7 @@ async fn a_killed_standby_loses_its_reads_and_gets_them_back() {
         "node2 served no reads to begin with: {before:?}"
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(postmaster_pid(lab, "node2")),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    signal_postmaster(lab, "node2", nix::sys::signal::Signal::SIGKILL);
     let down = daemon
         .cluster()
         .view()
@@ -695,11 +693,7 @@ async fn failover_commands_run_with_pgpools_placeholders() {
         .unwrap();
     wait_for_replay(lab, Duration::from_secs(30)).await;
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(postmaster_pid(lab, "node0")),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    signal_postmaster(lab, "node0", nix::sys::signal::Signal::SIGKILL);
     // The first run fails: reported, nothing promoted.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -766,5 +760,59 @@ async fn failover_commands_run_with_pgpools_placeholders() {
     );
     assert!(!daemon.cluster().snapshot().nodes[2].detached);
     write_through(config.port, &password, 7, Duration::from_secs(10)).await;
+    daemon.stop();
+}
+
+/// failover_on_backend_shutdown: the primary shut down (fast) under an
+/// idle session is noticed through that session's FATAL 57P01 and checked
+/// at once, long before the next regular check (30 s here); the failure is
+/// still confirmed before anything is promoted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shutdown_seen_by_a_session_is_checked_at_once() {
+    trace();
+    let test_lab = TestLab::build("failover-shutdown", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    let sections = format!(
+        "[streaming_replication]\nsr_check_user = \"pghalo\"\nsr_check_password = \"{}\"\nsr_check_period = \"30s\"\nsr_check_timeout = \"2s\"\n\n{}",
+        lab.secrets.pghalo,
+        failover_section(lab, "")
+    );
+    let config = routing_config(lab, "failover-shutdown", &sections, &[]);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    // A session idle on the primary.
+    let idle = pg_connect(&conninfo(config.port, "postgres", &password))
+        .await
+        .unwrap();
+    idle.batch_execute("CREATE TABLE shutdown_probe (id int)")
+        .await
+        .unwrap();
+    wait_for_replay(lab, Duration::from_secs(30)).await;
+
+    let stopped = Instant::now();
+    lab.stop_node("node0", pghalo::lab::StopMode::Fast)
+        .await
+        .unwrap();
+    let promoted = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(15), |s| {
+            s.primary.is_some_and(|p| p != NodeId(0))
+        })
+        .await;
+    assert!(
+        promoted.is_ok(),
+        "no failover 15 s after the shutdown, with the next regular check 30 s away: {promoted:#?}"
+    );
+    eprintln!(
+        "primary shut down; a new primary {:.2?} later",
+        stopped.elapsed()
+    );
+    let events = daemon.coordinator().events();
+    assert!(
+        events[0].reason.contains("failed 3 checks in a row"),
+        "{events:?}"
+    );
     daemon.stop();
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     TestLab, conninfo, cut_off_from_wal, failover_section, monitor_section, node_client,
-    pg_connect, postmaster_pid, routing_config, trace, wait_for_topology,
+    pg_connect, routing_config, signal_postmaster, trace, wait_for_topology,
 };
 use pghalo::cluster::NodeId;
 use pghalo::daemon::Daemon;
@@ -159,11 +159,7 @@ async fn one_run(run: usize) -> Duration {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let killed = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(postmaster_pid(lab, "node0")),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    signal_postmaster(lab, "node0", nix::sys::signal::Signal::SIGKILL);
 
     // Load goes on until the new primary has acknowledged writes.
     let promoted = daemon

@@ -475,6 +475,14 @@ pub struct FailoverConfig {
     /// follow_primary_timeout, then the standby must be seen streaming
     /// from the new primary. `""` = built in.
     pub follow_primary_command: String,
+    /// pgpool failover_on_backend_error: a session that cannot reach a node,
+    /// or loses it mid-request, has every node checked at once. Unlike
+    /// pgpool this never fails over by itself: only confirmed failure does
+    /// (failover_confirmations). Off: the next regular check notices.
+    pub failover_on_backend_error: bool,
+    /// pgpool failover_on_backend_shutdown: likewise when a server ends a
+    /// session with admin or crash shutdown (SQLSTATE 57P01, 57P02).
+    pub failover_on_backend_shutdown: bool,
 }
 
 impl Default for FailoverConfig {
@@ -493,6 +501,8 @@ impl Default for FailoverConfig {
             slot_grace_period: ConfigDuration::from_secs(30 * 60),
             failover_command: String::new(),
             follow_primary_command: String::new(),
+            failover_on_backend_error: true,
+            failover_on_backend_shutdown: true,
         }
     }
 }

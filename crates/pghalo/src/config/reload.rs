@@ -260,7 +260,8 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
 }
 
 /// Restart-only for now (the failover task reads its settings once), but
-/// wait_for_primary, which sessions read.
+/// what sessions read: wait_for_primary, failover_on_backend_error and
+/// failover_on_backend_shutdown.
 fn diff_failover(d: &mut Diff, old: &Config, new: &Config) {
     use Applies::{Live, Restart};
     let (o, n) = (&old.failover, &new.failover);
@@ -330,6 +331,18 @@ fn diff_failover(d: &mut Diff, old: &Config, new: &Config) {
         &key("slot_grace_period"),
         &o.slot_grace_period,
         &n.slot_grace_period,
+    );
+    d.field(
+        Live,
+        &key("failover_on_backend_error"),
+        &o.failover_on_backend_error,
+        &n.failover_on_backend_error,
+    );
+    d.field(
+        Live,
+        &key("failover_on_backend_shutdown"),
+        &o.failover_on_backend_shutdown,
+        &n.failover_on_backend_shutdown,
     );
     d.field(
         Restart,

@@ -55,6 +55,14 @@ pub struct ProxySettings {
     pub client_idle_limit: Option<Duration>,
     /// How long a request that needs a primary that is down waits for one.
     pub wait_for_primary: Duration,
+    /// pgpool failover_on_backend_error: a node a session cannot reach (or
+    /// loses mid-request) has every node checked at once. Never a failover
+    /// by itself: the failure must still be confirmed.
+    pub check_on_backend_error: bool,
+    /// pgpool failover_on_backend_shutdown: a server ending a session with
+    /// admin or crash shutdown (57P01, 57P02) has every node checked at
+    /// once, likewise.
+    pub check_on_backend_shutdown: bool,
 }
 
 /// Where the topology comes from, set once by the daemon.
@@ -286,6 +294,16 @@ impl Proxy {
         let _ = self.monitor.set(waker);
     }
 
+    /// A server ended a session with admin or crash shutdown: has every
+    /// node checked now (failover_on_backend_shutdown), without waiting.
+    pub(crate) fn backend_shut_down(&self) {
+        if self.settings.load().check_on_backend_shutdown
+            && let Some(monitor) = self.monitor.get()
+        {
+            monitor.check_now();
+        }
+    }
+
     /// A session could not reach `node`: has every node checked now, waits
     /// for `node`'s check, and, when it is the primary and down, for a
     /// primary that is up (see [`Self::primary_when_up`]). The node to try
@@ -294,6 +312,9 @@ impl Proxy {
         let (Some(view), Some(monitor)) = (self.cluster.0.get(), self.monitor.get()) else {
             return node;
         };
+        if !self.settings.load().check_on_backend_error {
+            return self.primary_when_up(node).await;
+        }
         let asked = std::time::SystemTime::now();
         monitor.check_now();
         let id = crate::cluster::NodeId(node);

@@ -1709,11 +1709,17 @@ impl<'a> Relay<'a> {
             }
             be::ERROR_RESPONSE => {
                 if let Some(message) = message {
-                    let severity = be::ErrorFields::parse_error(&message[5..])
-                        .ok()
-                        .and_then(|f| f.severity_level());
+                    let fields = be::ErrorFields::parse_error(&message[5..]).ok();
+                    let severity = fields.as_ref().and_then(|f| f.severity_level());
                     self.server_fatal =
                         matches!(severity, Some(be::Severity::Fatal | be::Severity::Panic));
+                    if self.server_fatal
+                        && fields.and_then(|f| f.sqlstate()).is_some_and(|code| {
+                            code == SqlState::ADMIN_SHUTDOWN || code == SqlState::CRASH_SHUTDOWN
+                        })
+                    {
+                        self.proxy.backend_shut_down();
+                    }
                     self.proxy.count_error(self.key.node, severity);
                     // A standby ending an idle connection (its postmaster
                     // died, an admin shutdown): not the client's business.

@@ -509,6 +509,16 @@ pub fn postmaster_pid(lab: &Lab, node: &str) -> i32 {
         .expect("a pid in postmaster.pid")
 }
 
+/// Sends `signal` to `node`'s postmaster (SIGKILL: it dies; SIGSTOP: it
+/// hangs while its backends run on).
+pub fn signal_postmaster(lab: &Lab, node: &str, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster_pid(lab, node)),
+        signal,
+    )
+    .expect("signalling the postmaster");
+}
+
 /// Cuts standby `node` off from the WAL stream (its primary_conninfo
 /// pointed at a closed port) and waits until it no longer streams: the
 /// primary's writes from now on do not reach it.
