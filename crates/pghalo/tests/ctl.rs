@@ -73,6 +73,25 @@ async fn ctl_shows_detaches_attaches_and_switches_over() {
     let socket = config.path().with_file_name("pghalo.ctl");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    // Another user is refused by the peer check even where the socket's
+    // mode would let it connect. (The lab runs as root, so the test can
+    // switch to nobody.)
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let other = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", PGHALO])
+        .args(["ctl", "--socket"])
+        .arg(&socket)
+        .args(["detach", "1"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("permission denied: only pghalo's own user (or root)"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let (ok, out, err) = ctl(&config, &["nodes"]).await;
     assert!(ok, "{err}");
