@@ -1,0 +1,212 @@
+//! Acting on a committed promotion: the new primary promoted (pg_promote
+//! or failover_command), made the node table's primary, and every other
+//! standby that is up pointed at it (the built-in follow or
+//! follow_primary_command); a standby that cannot follow is detached.
+
+use crate::cluster::{ClusterSnapshot, Detachment, Epoch, NodeId, Status};
+use crate::coordinator::Decision;
+use crate::health::Target;
+
+use super::command::{self, Placeholders};
+use super::{Control, Worker};
+
+impl Worker {
+    /// Commits the promotion of `candidate` in place of `old`, promotes it,
+    /// makes it the node table's primary, and points every other standby
+    /// that was up in `before` at it. Err says which step failed.
+    pub(super) async fn promote_and_follow(
+        &mut self,
+        control: &Control,
+        candidate: NodeId,
+        old: NodeId,
+        before: &ClusterSnapshot,
+        reason: String,
+    ) -> Result<Epoch, String> {
+        let decision = Decision::Promote {
+            node: candidate,
+            replaces: Some(old),
+        };
+        let committed = self
+            .coordinator
+            .decide(decision, reason, self.coordinator.epoch())
+            .await
+            .map_err(|refused| format!("not decided: {refused}"))?;
+        let target = self
+            .settings
+            .targets
+            .get(candidate.index())
+            .ok_or_else(|| format!("there is no node {candidate}"))?;
+        self.promote(control, candidate, old).await.map_err(|e| {
+            format!(
+                "promoting {} failed (epoch {}): {e}",
+                target.name, committed.epoch
+            )
+        })?;
+        // Routing acts on the decision, not on the next check's say-so.
+        self.observer
+            .set_primary(candidate)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.waker.check_now();
+        let taken = self
+            .view
+            .wait_for(self.settings.promote_timeout, |s| {
+                s.primary == Some(candidate)
+                    && s.node(candidate)
+                        .is_some_and(|n| n.in_recovery == Some(false))
+            })
+            .await;
+        if taken.is_err() {
+            return Err(format!(
+                "{} was promoted but the node table has not taken it as primary (epoch {})",
+                target.name, committed.epoch
+            ));
+        }
+        self.follow_all(control, candidate, old, before).await;
+        Ok(committed.epoch)
+    }
+
+    /// Promotes `candidate` with failover_command if one is set (its exit
+    /// status checked, then pghalo waits until the node is out of
+    /// recovery itself), else with pg_promote().
+    async fn promote(
+        &self,
+        control: &Control,
+        candidate: NodeId,
+        old: NodeId,
+    ) -> Result<(), String> {
+        let target = self
+            .settings
+            .targets
+            .get(candidate.index())
+            .ok_or_else(|| format!("there is no node {candidate}"))?;
+        let limit = self.settings.promote_timeout;
+        let Some(template) = &self.settings.failover_command else {
+            return control
+                .promote(target, limit)
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let line = self
+            .placeholders(old, candidate, old)
+            .map(|p| command::expand(template, &p))
+            .ok_or_else(|| "a node is missing from the configuration".to_owned())?;
+        tracing::info!(command = %line, "running failover_command");
+        match command::run(&line, limit).await {
+            Ok(output) => tracing::info!(output = %output.trim(), "failover_command succeeded"),
+            Err(e) => return Err(format!("failover_command {line:?}: {e}")),
+        }
+        control
+            .wait_out_of_recovery(target, limit)
+            .await
+            .map_err(|e| format!("after failover_command: {e}"))
+    }
+
+    /// Points `standby` at `new`: follow_primary_command if one is set
+    /// (then pghalo waits until the new primary shows it streaming), else
+    /// the built-in follow.
+    async fn follow(
+        &self,
+        control: &Control,
+        primary: &Target,
+        standby: NodeId,
+        new: NodeId,
+        old: NodeId,
+    ) -> Result<(), String> {
+        let target = self
+            .settings
+            .targets
+            .get(standby.index())
+            .ok_or_else(|| format!("there is no node {standby}"))?;
+        let limit = self.settings.follow_timeout;
+        let Some(template) = &self.settings.follow_primary_command else {
+            return control
+                .follow(primary, target, limit)
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let line = self
+            .placeholders(standby, new, old)
+            .map(|p| command::expand(template, &p))
+            .ok_or_else(|| "a node is missing from the configuration".to_owned())?;
+        tracing::info!(command = %line, "running follow_primary_command");
+        match command::run(&line, limit).await {
+            Ok(output) => {
+                tracing::info!(output = %output.trim(), "follow_primary_command succeeded");
+            }
+            Err(e) => return Err(format!("follow_primary_command {line:?}: {e}")),
+        }
+        self.waker.check_now();
+        self.view
+            .wait_for(limit, |s| {
+                s.primary == Some(new)
+                    && s.node(standby).is_some_and(|n| {
+                        n.replication
+                            .as_ref()
+                            .is_some_and(|r| r.state == "streaming")
+                    })
+            })
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                format!(
+                    "follow_primary_command succeeded, but {} does not stream from {} after {limit:?}",
+                    target.name, primary.name
+                )
+            })
+    }
+
+    fn placeholders(&self, node: NodeId, new: NodeId, old: NodeId) -> Option<Placeholders> {
+        let facts = |id: NodeId| self.settings.facts.get(id.index()).cloned();
+        Some(Placeholders {
+            node: facts(node)?,
+            new_primary: facts(new)?,
+            old_primary: facts(old)?,
+        })
+    }
+
+    /// Points every standby but `new` at `new`; one that cannot follow is
+    /// detached (a committed decision) and reported as needing recovery.
+    async fn follow_all(
+        &mut self,
+        control: &Control,
+        new: NodeId,
+        failed: NodeId,
+        before: &ClusterSnapshot,
+    ) {
+        let Some(primary) = self.settings.targets.get(new.index()).cloned() else {
+            return;
+        };
+        let followers: Vec<NodeId> = before
+            .standbys()
+            .filter(|n| n.id != new && n.id != failed && n.status == Status::Up)
+            .map(|n| n.id)
+            .collect();
+        for node in followers {
+            let Some(standby) = self.settings.targets.get(node.index()).cloned() else {
+                continue;
+            };
+            match self.follow(control, &primary, node, new, failed).await {
+                Ok(()) => tracing::info!("{} follows {}", standby.name, primary.name),
+                Err(e) => {
+                    tracing::error!(
+                        "{} cannot follow {}; detached, it needs recovery: {e}",
+                        standby.name,
+                        primary.name
+                    );
+                    let reason = format!("cannot follow {}: {e}", primary.name);
+                    let decided = self
+                        .coordinator
+                        .decide(Decision::Detach { node }, reason, self.coordinator.epoch())
+                        .await;
+                    if decided.is_ok() {
+                        let _ = self
+                            .observer
+                            .set_detached(node, Detachment::Automatic)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+}
