@@ -176,20 +176,12 @@ impl Control {
         lsn: Lsn,
         limit: Duration,
     ) -> Result<(), ActionError> {
-        let deadline = Instant::now() + limit;
-        loop {
+        poll_until(node, limit, Duration::from_millis(50), || async {
             let (receive, replay) = self.positions(node).await?;
-            if receive.max(replay).is_some_and(|at| at >= lsn) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ActionError::Refused {
-                    node: node.name.clone(),
-                    reason: format!("has not received WAL up to {lsn} after {limit:?}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(receive.max(replay).is_some_and(|at| at >= lsn))
+        })
+        .await
+        .map_err(|e| e.or_reason(format!("has not received WAL up to {lsn} after {limit:?}")))
     }
 
     /// Waits until `node` is out of recovery (promoted by a command).
@@ -198,8 +190,8 @@ impl Control {
         node: &Target,
         limit: Duration,
     ) -> Result<(), ActionError> {
-        let deadline = Instant::now() + limit;
-        loop {
+        // Connections may fail while the node restarts into a primary.
+        poll_until(node, limit, Duration::from_millis(100), || async {
             let answer = async {
                 let (client, _driver) = self.connect(node).await?;
                 let row = self
@@ -210,19 +202,11 @@ impl Control {
                     )
                     .await?;
                 Ok::<bool, ActionError>(row.get(0))
-            }
-            .await;
-            if matches!(answer, Ok(false)) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ActionError::Refused {
-                    node: node.name.clone(),
-                    reason: format!("still in recovery after {limit:?}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            };
+            Ok(matches!(answer.await, Ok(false)))
+        })
+        .await
+        .map_err(|e| e.or_reason(format!("still in recovery after {limit:?}")))
     }
 
     /// Promotes `node` and returns once it is out of recovery.
@@ -357,8 +341,7 @@ impl Control {
             on_standby.batch_execute("SELECT pg_catalog.pg_reload_conf()"),
         )
         .await?;
-        let deadline = Instant::now() + limit;
-        loop {
+        poll_until(standby, limit, Duration::from_millis(100), || async {
             let row = self
                 .run(
                     standby,
@@ -369,23 +352,58 @@ impl Control {
                     ),
                 )
                 .await?;
-            let streaming = row.is_some_and(|r| {
+            Ok(row.is_some_and(|r| {
                 r.get::<_, Option<String>>(0).as_deref() == Some("streaming")
                     && r.get::<_, Option<i32>>(1) == Some(i32::from(primary.port))
-            });
-            if streaming {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ActionError::Refused {
-                    node: standby.name.clone(),
-                    reason: format!(
-                        "not streaming from {} after {limit:?}: it may have diverged and need pg_rewind",
-                        primary.name
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            }))
+        })
+        .await
+        .map_err(|e| {
+            e.or_reason(format!(
+                "not streaming from {} after {limit:?}: it may have diverged and need pg_rewind",
+                primary.name
+            ))
+        })
+    }
+}
+
+/// Asks `ready` every `every` until it says true, or `limit` passes (then
+/// [`Waited::TimedOut`]); an error from `ready` ends the wait at once.
+async fn poll_until<F, Fut>(
+    node: &Target,
+    limit: Duration,
+    every: Duration,
+    mut ready: F,
+) -> Result<(), Waited>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, ActionError>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready().await.map_err(Waited::Failed)? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Waited::TimedOut(node.name.clone()));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// How a [`poll_until`] ended without the condition.
+enum Waited {
+    Failed(ActionError),
+    /// The node's name.
+    TimedOut(String),
+}
+
+impl Waited {
+    /// The error, with `reason` for a wait that ran out.
+    fn or_reason(self, reason: String) -> ActionError {
+        match self {
+            Waited::Failed(e) => e,
+            Waited::TimedOut(node) => ActionError::Refused { node, reason },
         }
     }
 }
