@@ -176,15 +176,18 @@ impl CtlServer {
 async fn serve(stream: UnixStream, owner: u32, context: CtlContext) {
     let peer = stream.peer_cred().map(|c| c.uid()).ok();
     let (read, mut write) = stream.into_split();
+    // The request is read whoever sent it: a refusal sent before the
+    // client has written would break its write, not answer it.
+    let mut line = String::new();
+    let mut limited = BufReader::new(read).take(MAX_REQUEST);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)).await;
     let reply = if peer.is_none_or(|uid| uid != owner && uid != 0) {
         tracing::warn!(uid = ?peer, "control socket: refused a client of another user");
         CtlReply::error(
             "permission denied: only pghalo's own user (or root) may use the control socket".into(),
         )
     } else {
-        let mut line = String::new();
-        let mut limited = BufReader::new(read).take(MAX_REQUEST);
-        match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)).await {
+        match read {
             Ok(Ok(_)) if line.ends_with('\n') => match serde_json::from_str::<CtlRequest>(&line) {
                 Ok(request) => {
                     tracing::info!(?request, "control socket");
