@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    PGHALO, TestLab, conninfo, failover_section, monitor_section, node_client, pg_connect,
-    routing_config, trace, wait_for_topology,
+    PGHALO, TestLab, conninfo, node_client, pg_connect, start_failover_proxy, trace,
+    wait_for_topology,
 };
 use pghalo::cluster::{NodeId, Role, Status};
 use pghalo::coordinator::Coordinator;
-use pghalo::daemon::Daemon;
 
 /// Runs `pghalo ctl -c CONFIG ARGS...`: (success, stdout, stderr).
 async fn ctl(config: &common::ProxyConfig, args: &[&str]) -> (bool, String, String) {
@@ -58,14 +57,13 @@ async fn ctl_shows_detaches_attaches_and_switches_over() {
     let test_lab = TestLab::build("ctl", |_| {});
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
-    let sections = format!(
-        "[load_balance]\nstatement_level_load_balance = true\n\n{}\n{}",
-        monitor_section(lab, ""),
-        failover_section(lab, "")
-    );
-    let config = routing_config(lab, "ctl", &sections, &[]);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) = start_failover_proxy(
+        lab,
+        "ctl",
+        "[load_balance]\nstatement_level_load_balance = true\n\n",
+        "",
+    )
+    .await;
     let port = |name: &str| i32::from(lab.node(name).unwrap().port);
 
     // The socket is private to pghalo's user.

@@ -10,8 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    TestLab, conninfo, cut_off_from_wal, failover_section, monitor_section, node_client,
-    pg_connect, postmaster_pid, routing_config, signal_postmaster, trace, wait_for_replay,
+    TestLab, conninfo, cut_off_from_wal, failover_section, node_client, pg_connect, postmaster_pid,
+    routing_config, signal_postmaster, start_failover_proxy, trace, wait_for_replay,
     wait_for_topology,
 };
 use pghalo::cluster::{NodeId, Role};
@@ -47,15 +47,9 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
     let test_lab = TestLab::build("failover-kill", |_| {});
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
-    let sections = format!(
-        "{}\n{}",
-        monitor_section(lab, ""),
-        // A short wait for the primary: the end of this test has none.
-        failover_section(lab, "wait_for_primary = \"3s\"\n")
-    );
-    let config = routing_config(lab, "failover-kill", &sections, &[]);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    // A short wait for the primary: the end of this test has none.
+    let (config, daemon) =
+        start_failover_proxy(lab, "failover-kill", "", "wait_for_primary = \"3s\"\n").await;
 
     let client = pg_connect(&conninfo(config.port, "postgres", &password))
         .await
@@ -390,14 +384,7 @@ async fn a_hung_primary_is_replaced_within_the_check_timeout() {
     let test_lab = TestLab::build("failover-hang", |_| {});
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
-    let sections = format!(
-        "{}\n{}",
-        monitor_section(lab, ""),
-        failover_section(lab, "")
-    );
-    let config = routing_config(lab, "failover-hang", &sections, &[]);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) = start_failover_proxy(lab, "failover-hang", "", "").await;
     let timeout = Duration::from_secs(2); // monitor_section's sr_check_timeout
 
     let attached = pg_connect(&conninfo(config.port, "postgres", &password))
@@ -491,14 +478,13 @@ async fn a_killed_standby_loses_its_reads_and_gets_them_back() {
     let test_lab = TestLab::build("failover-standby", |_| {});
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
-    let sections = format!(
-        "[load_balance]\nstatement_level_load_balance = true\n\n{}\n{}",
-        monitor_section(lab, ""),
-        failover_section(lab, "slot_grace_period = \"1s\"\n")
-    );
-    let config = routing_config(lab, "failover-standby", &sections, &[]);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) = start_failover_proxy(
+        lab,
+        "failover-standby",
+        "[load_balance]\nstatement_level_load_balance = true\n\n",
+        "slot_grace_period = \"1s\"\n",
+    )
+    .await;
     let client = pg_connect(&conninfo(config.port, "postgres", &password))
         .await
         .unwrap();
@@ -677,14 +663,7 @@ async fn failover_commands_run_with_pgpools_placeholders() {
         promote.display(),
         follow.display()
     );
-    let sections = format!(
-        "{}\n{}",
-        monitor_section(lab, ""),
-        failover_section(lab, &commands)
-    );
-    let config = routing_config(lab, "failover-command", &sections, &[]);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) = start_failover_proxy(lab, "failover-command", "", &commands).await;
     pg_connect(&conninfo(config.port, "postgres", &password))
         .await
         .unwrap()

@@ -19,11 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    TestLab, conninfo, cut_off_from_wal, failover_section, monitor_section, node_client,
-    pg_connect, routing_config, signal_postmaster, trace, wait_for_topology,
+    TestLab, conninfo, cut_off_from_wal, node_client, pg_connect, signal_postmaster,
+    start_failover_proxy, trace,
 };
 use pghalo::cluster::NodeId;
-use pghalo::daemon::Daemon;
 
 const WRITERS: i64 = 6;
 
@@ -105,14 +104,7 @@ async fn one_run(run: usize) -> Duration {
     let test_lab = TestLab::build(&format!("zero-loss-{run}"), |opts| opts.sync = true);
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
-    let sections = format!(
-        "{}\n{}",
-        monitor_section(lab, ""),
-        failover_section(lab, "")
-    );
-    let config = routing_config(lab, &format!("zero-loss-{run}"), &sections, &[]);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) = start_failover_proxy(lab, &format!("zero-loss-{run}"), "", "").await;
     let port_of = |name: &str| i32::from(lab.node(name).unwrap().port);
 
     let setup = pg_connect(&conninfo(config.port, "postgres", &password))

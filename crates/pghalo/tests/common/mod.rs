@@ -480,6 +480,29 @@ pub async fn wait_for_replay(lab: &Lab, limit: Duration) {
     }
 }
 
+/// pghalo in process in front of `lab`, checking every 200 ms and failing
+/// over as the lab superuser: `before` goes first in the configuration
+/// (a `[load_balance]` section, say), `failover_extra` into `[failover]`.
+/// Returns once the monitor has seen the lab's topology.
+pub async fn start_failover_proxy(
+    lab: &Lab,
+    tag: &str,
+    before: &str,
+    failover_extra: &str,
+) -> (ProxyConfig, pghalo::daemon::Daemon) {
+    let sections = format!(
+        "{before}{}\n{}",
+        monitor_section(lab, ""),
+        failover_section(lab, failover_extra)
+    );
+    let config = routing_config(lab, tag, &sections, &[]);
+    let daemon = pghalo::daemon::Daemon::start(&config.path())
+        .await
+        .expect("starting pghalo");
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    (config, daemon)
+}
+
 /// pghalo's logs in the test output when RUST_LOG asks for them.
 pub fn trace() {
     if std::env::var_os("RUST_LOG").is_some() {
