@@ -209,6 +209,7 @@ impl Daemon {
             cluster.view(),
             cluster.observer(),
             monitor.waker(),
+            monitor.subscribe(),
             coordinator.clone(),
             watcher.clone(),
         );

@@ -399,6 +399,7 @@ async fn epochs_strictly_increase_on_every_role_change() {
         node: NodeId(node),
         at: std::time::SystemTime::now(),
         elapsed: Duration::ZERO,
+        retry: 0,
         outcome: Ok(Probe {
             in_recovery,
             timeline: Some(timeline),
@@ -409,6 +410,7 @@ async fn epochs_strictly_increase_on_every_role_change() {
         node: NodeId(node),
         at: std::time::SystemTime::now(),
         elapsed: Duration::ZERO,
+        retry: 0,
         outcome: Err(pghalo::cluster::CheckError::new(
             CheckErrorKind::Connect,
             "refused",

@@ -795,3 +795,137 @@ async fn a_shutdown_seen_by_a_session_is_checked_at_once() {
     );
     daemon.stop();
 }
+
+/// The rows of SHOW POOL_HEALTH_CHECK_STATS through pghalo, by column name.
+async fn health_check_stats(
+    client: &tokio_postgres::Client,
+) -> Vec<std::collections::HashMap<String, String>> {
+    client
+        .simple_query("SHOW POOL_HEALTH_CHECK_STATS")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or("").to_owned()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// pgpool's health_check_* family: wrong check credentials (a reload with
+/// a bad health_check_password) are a configuration error that changes
+/// nothing; a standby's own health_check_max_retries and retry delay decide
+/// when it is detached, and SHOW POOL_HEALTH_CHECK_STATS counts the
+/// retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_follow_pgpools_parameters_per_backend() {
+    trace();
+    let test_lab = TestLab::build("failover-health-check", |o| o.backends = 2);
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    let (config, mut daemon) = common::start_failover_proxy_with(
+        lab,
+        "failover-health-check",
+        "",
+        "",
+        "health_check_max_retries = 4\nhealth_check_retry_delay = \"300ms\"\n",
+    )
+    .await;
+    let client = pg_connect(&conninfo(config.port, "postgres", &password))
+        .await
+        .unwrap();
+    client
+        .batch_execute("CREATE TABLE failover_probe (id int)")
+        .await
+        .unwrap();
+
+    // Every check now refused at login: reported, and nothing else.
+    let good = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(
+        config.path(),
+        format!("{good}\n[health_check]\nhealth_check_password = \"TEXTwrong\"\n"),
+    )
+    .unwrap();
+    let plan = daemon.reload().unwrap();
+    assert!(!plan.needs_restart(), "{plan:?}");
+    let refused = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(10), |s| {
+            s.nodes.iter().all(|n| {
+                n.last_error
+                    .as_ref()
+                    .is_some_and(|e| e.kind == pghalo::cluster::CheckErrorKind::Config)
+            })
+        })
+        .await;
+    assert!(refused.is_ok(), "{refused:#?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let snapshot = daemon.cluster().snapshot();
+    assert_eq!(snapshot.primary, Some(NodeId(0)), "{snapshot:#?}");
+    for node in &snapshot.nodes {
+        assert_eq!(node.status, pghalo::cluster::Status::Up, "{node:#?}");
+        assert!(!node.detached, "{node:#?}");
+        assert_eq!(node.checks.consecutive_failures, 0, "{node:#?}");
+    }
+    assert!(
+        daemon.coordinator().events().is_empty(),
+        "{:?}",
+        daemon.coordinator().events()
+    );
+    write_through(config.port, &password, 1, Duration::from_secs(5)).await;
+
+    std::fs::write(config.path(), &good).unwrap();
+    daemon.reload().unwrap();
+    let answering = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(10), |s| {
+            s.nodes.iter().all(|n| n.last_error.is_none())
+        })
+        .await;
+    assert!(answering.is_ok(), "{answering:#?}");
+
+    // node1 has 4 retries 300 ms apart (the default is 2): it is detached
+    // after its fifth failed check in a row, not its third.
+    let killed = Instant::now();
+    signal_postmaster(lab, "node1", nix::sys::signal::Signal::SIGKILL);
+    let detached = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| s.nodes[1].detached)
+        .await;
+    assert!(detached.is_ok(), "{detached:#?}");
+    let took = killed.elapsed();
+    assert!(
+        took >= Duration::from_millis(4 * 300),
+        "detached {took:?} after the kill, before its 4 retries could run"
+    );
+    let events = daemon.coordinator().events();
+    let failed: u32 = events[0]
+        .reason
+        .strip_prefix("node1 failed ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert!(failed >= 5, "{events:?}");
+    let stats = health_check_stats(&client).await;
+    assert_eq!(stats[1]["max_retry_count"], "4", "{stats:?}");
+    assert!(
+        stats[1]["retry_count"].parse::<u64>().unwrap() >= 4,
+        "{stats:?}"
+    );
+    assert!(
+        stats[1]["fail_count"].parse::<u64>().unwrap() >= 5,
+        "{stats:?}"
+    );
+    assert_eq!(stats[0]["retry_count"], "0", "{stats:?}");
+    assert_eq!(daemon.cluster().snapshot().primary, Some(NodeId(0)));
+    daemon.stop();
+}

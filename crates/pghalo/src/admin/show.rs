@@ -510,10 +510,12 @@ const POOL_HEALTH_CHECK_STATS_COLUMNS: [&str; 20] = [
 /// One row per node, from the checks the node table counts (the
 /// replication monitor's, which are pghalo's health checks):
 /// - `total_count`, `success_count`, `fail_count`: every check since
-///   pghalo started; a confirming check after a failure is a check like
-///   any other, so `skip_count`, `retry_count`, `average_retry_count` and
-///   `max_retry_count` are 0 (pghalo neither skips nor retries within a
-///   check);
+///   pghalo started, retries included;
+/// - `skip_count` is 0: pghalo goes on checking a node that is down, to
+///   see it come back;
+/// - `retry_count`: checks that retried a failed one
+///   (health_check_max_retries); `average_retry_count` per check on
+///   schedule; `max_retry_count` the most one failure had;
 /// - `max_duration`, `min_duration`, `average_duration` in milliseconds;
 /// - `last_health_check` is when the last check started,
 ///   `last_successful_health_check` the last answer,
@@ -539,9 +541,9 @@ fn pool_health_check_stats(ctx: &ShowContext<'_>) -> ShowResult {
                 checks.success.to_string(),
                 checks.fail.to_string(),
                 "0".to_owned(),
-                "0".to_owned(),
-                "0.000000".to_owned(),
-                "0".to_owned(),
+                checks.retries.to_string(),
+                format!("{:.6}", checks.average_retries()),
+                checks.max_retry.to_string(),
                 millis(checks.max).to_string(),
                 millis(checks.min).to_string(),
                 format!("{average:.6}"),
@@ -883,10 +885,12 @@ mod tests {
             last_answer: Some(at(1_709_210_090)),
             last_error: Some(CheckError::new(CheckErrorKind::Timeout, "no answer in 10s")),
             checks: CheckStats {
-                total: 5,
+                total: 6,
                 success: 4,
-                fail: 1,
-                consecutive_failures: 1,
+                fail: 2,
+                consecutive_failures: 2,
+                retries: 1,
+                max_retry: 1,
                 min: Some(Duration::from_millis(2)),
                 max: Some(Duration::from_secs(10)),
                 sum: Duration::from_millis(10_010),
@@ -1218,16 +1222,16 @@ mod tests {
                 "down",
                 "unknown",
                 "2024-02-29 12:34:58",
-                "5",
+                "6",
                 "4",
+                "2",
+                "0",
                 "1",
-                "0",
-                "0",
-                "0.000000",
-                "0",
+                "0.200000",
+                "1",
                 "10000",
                 "2",
-                "2002.000000",
+                "1668.333333",
                 "2024-02-29 12:34:58",
                 "2024-02-29 12:34:50",
                 "",

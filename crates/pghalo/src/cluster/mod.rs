@@ -350,6 +350,7 @@ mod tests {
                     node: NodeId(node),
                     at: SystemTime::now(),
                     elapsed: Duration::ZERO,
+                    retry: 0,
                     outcome: Ok(Probe {
                         in_recovery,
                         ..Probe::default()

@@ -15,6 +15,9 @@ pub struct Observation {
     pub at: SystemTime,
     /// How long it took, answer or not.
     pub elapsed: Duration,
+    /// 0 for a check on schedule; n for the nth retry of a failed one
+    /// (health_check_max_retries).
+    pub retry: u32,
     pub outcome: Result<Probe, CheckError>,
 }
 
@@ -84,7 +87,7 @@ impl fmt::Display for CheckError {
 /// The kinds of failure the cluster tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CheckErrorKind {
-    /// No answer within sr_check_timeout (a hung node, or a network that
+    /// No answer within health_check_timeout (a hung node, or a network that
     /// drops packets).
     Timeout,
     /// The connection could not be made (refused, unreachable, DNS).

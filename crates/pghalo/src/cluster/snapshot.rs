@@ -122,6 +122,10 @@ pub struct CheckStats {
     /// Failed checks in a row that said the node is down (a refused login
     /// neither counts nor resets them).
     pub consecutive_failures: u32,
+    /// Checks that retried a failed one (health_check_max_retries).
+    pub retries: u64,
+    /// The most retries one failure had.
+    pub max_retry: u32,
     pub min: Option<Duration>,
     pub max: Option<Duration>,
     pub sum: Duration,
@@ -137,10 +141,32 @@ impl CheckStats {
             .map(|n| self.sum / n)
     }
 
-    /// Records one check that took `elapsed`; `down` for a failure that
-    /// says the node is not serving, `failed` for any failure.
-    pub(super) fn record(&mut self, at: SystemTime, elapsed: Duration, failed: bool, down: bool) {
+    /// Retries per check on schedule (pgpool's average_retry_count).
+    pub fn average_retries(&self) -> f64 {
+        let scheduled = self.total.saturating_sub(self.retries);
+        if scheduled == 0 {
+            0.0
+        } else {
+            self.retries as f64 / scheduled as f64
+        }
+    }
+
+    /// Records one check that took `elapsed`; `retry` as in
+    /// [`Observation`](super::Observation); `down` for a failure that says
+    /// the node is not serving, `failed` for any failure.
+    pub(super) fn record(
+        &mut self,
+        at: SystemTime,
+        elapsed: Duration,
+        retry: u32,
+        failed: bool,
+        down: bool,
+    ) {
         self.total += 1;
+        if retry > 0 {
+            self.retries += 1;
+            self.max_retry = self.max_retry.max(retry);
+        }
         self.sum += elapsed;
         self.min = Some(self.min.map_or(elapsed, |m| m.min(elapsed)));
         self.max = Some(self.max.map_or(elapsed, |m| m.max(elapsed)));

@@ -148,6 +148,7 @@ impl NodeTable {
         state.checks.record(
             obs.at,
             obs.elapsed,
+            obs.retry,
             obs.outcome.is_err(),
             obs.outcome.as_ref().is_err_and(|e| e.kind.means_down()),
         );
@@ -250,6 +251,7 @@ impl NodeTable {
             let state = &mut entry.state;
             if state.name == b.name && state.host == b.host && state.port == b.port {
                 state.weight = b.weight;
+                state.promotion_priority = b.promotion_priority;
             }
         }
     }
@@ -535,6 +537,7 @@ mod tests {
             node: NodeId(node),
             at: SystemTime::now(),
             elapsed: Duration::from_millis(1),
+            retry: 0,
             outcome: Ok(probe),
         }
     }
@@ -544,6 +547,7 @@ mod tests {
             node: NodeId(node),
             at: SystemTime::now(),
             elapsed: Duration::from_millis(1),
+            retry: 0,
             outcome: Err(CheckError::new(kind, "test")),
         }
     }

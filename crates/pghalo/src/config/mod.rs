@@ -12,6 +12,8 @@
 //! - `units.rs`: durations, byte sizes, file modes.
 //! - `types.rs`: listen addresses, backend hosts and flags, modes.
 //! - `routing.rs`: `[load_balance]`'s patterns and redirect preferences.
+//! - `health_check.rs`: `[health_check]`, its per-backend overrides, and
+//!   [`Config::health_check`], one node's check with every key resolved.
 //! - `password.rs`: password parameters (`sr_check_password`) in pgpool's
 //!   forms, and the password they resolve to.
 //! - `validate.rs`: the checks serde cannot express.
@@ -23,6 +25,7 @@ pub mod hba;
 pub mod passwd;
 
 mod error;
+mod health_check;
 mod locate;
 mod password;
 mod reload;
@@ -37,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use toml_edit::ImDocument;
 
 pub use error::ConfigError;
+pub use health_check::{HealthCheckConfig, NodeHealthCheck, PasswordKey};
 pub use password::{ConfigPassword, MissingPassword, ResolvedPassword};
 pub use reload::{ReloadPlan, apply_live, reload_plan};
 pub use routing::{DisableLoadBalanceOnWrite, Pattern, RedirectPreference, RedirectTarget};
@@ -65,6 +69,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub streaming_replication: StreamingReplicationConfig,
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
     #[serde(default)]
     pub load_balance: LoadBalanceConfig,
     #[serde(default)]
@@ -436,13 +442,6 @@ pub struct FailoverConfig {
     pub recovery_user: String,
     /// pgpool recovery_password, in the forms of sr_check_password.
     pub recovery_password: ConfigPassword,
-    /// How many consecutive failed checks of the primary make it down: the
-    /// first failure (a refused connection, a timeout) asks again at once,
-    /// and only a confirmed failure fails over. pgpool's
-    /// health_check_max_retries, counted in checks.
-    pub failover_confirmations: u32,
-    /// How long pghalo waits between two confirming checks.
-    pub confirmation_interval: ConfigDuration,
     /// A standby further behind the primary than this (bytes of WAL not
     /// received, by the last check) is not promoted. 0 = no limit.
     pub max_lag_on_failover: ByteSize,
@@ -478,7 +477,7 @@ pub struct FailoverConfig {
     /// pgpool failover_on_backend_error: a session that cannot reach a node,
     /// or loses it mid-request, has every node checked at once. Unlike
     /// pgpool this never fails over by itself: only confirmed failure does
-    /// (failover_confirmations). Off: the next regular check notices.
+    /// (health_check_max_retries). Off: the next regular check notices.
     pub failover_on_backend_error: bool,
     /// pgpool failover_on_backend_shutdown: likewise when a server ends a
     /// session with admin or crash shutdown (SQLSTATE 57P01, 57P02).
@@ -491,8 +490,6 @@ impl Default for FailoverConfig {
             auto_failover: true,
             recovery_user: String::new(),
             recovery_password: ConfigPassword::FromPoolPasswd,
-            failover_confirmations: 3,
-            confirmation_interval: ConfigDuration::from_millis(100),
             max_lag_on_failover: ByteSize(0),
             promote_timeout: ConfigDuration::from_secs(60),
             follow_primary_timeout: ConfigDuration::from_secs(30),
@@ -568,6 +565,28 @@ pub struct BackendConfig {
     /// pgpool equivalent.
     #[serde(default = "default_promotion_priority")]
     pub promotion_priority: u32,
+    /// pgpool health_check_periodN; unset = `[health_check]`'s. The
+    /// health_check_* keys below override `[health_check]` likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_period: Option<ConfigDuration>,
+    /// pgpool health_check_timeoutN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_timeout: Option<ConfigDuration>,
+    /// pgpool health_check_userN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_user: Option<String>,
+    /// pgpool health_check_passwordN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_password: Option<ConfigPassword>,
+    /// pgpool health_check_databaseN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_database: Option<String>,
+    /// pgpool health_check_max_retriesN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_max_retries: Option<u32>,
+    /// pgpool health_check_retry_delayN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_retry_delay: Option<ConfigDuration>,
 }
 
 fn default_weight() -> f64 {
@@ -833,6 +852,7 @@ mod tests {
         assert_eq!(c.tls, d.tls);
         assert_eq!(c.log, d.log);
         assert_eq!(c.streaming_replication, d.streaming_replication);
+        assert_eq!(c.health_check, d.health_check);
         assert_eq!(c.load_balance, d.load_balance);
         assert_eq!(c.backends.len(), 2);
         assert_eq!(c.backends[1].name, "node1");
@@ -975,7 +995,7 @@ mod tests {
         let (line, key, msg) = fail(&format!("verbose = true\n{MINIMAL}"));
         assert_eq!((line, key.as_str()), (1, "verbose"));
         assert!(
-            msg.contains("unknown key 'verbose' at the top level (expected one of: listen, pool, auth, tls, log, daemon, streaming_replication, load_balance, failover, backend)"),
+            msg.contains("unknown key 'verbose' at the top level (expected one of: listen, pool, auth, tls, log, daemon, streaming_replication, health_check, load_balance, failover, backend)"),
             "{msg}"
         );
         let (line, key, _) = fail(&format!("[pool]\n\n[tls]\nssl = true\n{MINIMAL}"));

@@ -92,6 +92,19 @@ fn quoted(text: &str) -> String {
     format!("{text:?}")
 }
 
+/// An optional key as the plan shows it.
+fn unset<T: Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "(unset)".to_owned(), ToString::to_string)
+}
+
+fn unset_quoted(value: &Option<String>) -> String {
+    value
+        .as_deref()
+        .map_or_else(|| "(unset)".to_owned(), quoted)
+}
+
 fn describe(backend: &BackendConfig) -> String {
     format!("{} at {}:{}", backend.name, backend.host, backend.port)
 }
@@ -253,6 +266,7 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
     );
 
     diff_streaming_replication(&mut d, old, new);
+    diff_health_check(&mut d, old, new);
     diff_load_balance(&mut d, old, new);
     diff_failover(&mut d, old, new);
     diff_backends(&mut d, &old.backends, &new.backends);
@@ -283,18 +297,6 @@ fn diff_failover(d: &mut Diff, old: &Config, new: &Config) {
         &key("recovery_password"),
         &o.recovery_password,
         &n.recovery_password,
-    );
-    d.field(
-        Restart,
-        &key("failover_confirmations"),
-        &o.failover_confirmations,
-        &n.failover_confirmations,
-    );
-    d.field(
-        Restart,
-        &key("confirmation_interval"),
-        &o.confirmation_interval,
-        &n.confirmation_interval,
     );
     d.field(
         Restart,
@@ -416,6 +418,108 @@ fn diff_streaming_replication(d: &mut Diff, old: &Config, new: &Config) {
     );
 }
 
+/// All live: the monitor's tasks take the new values at their next check.
+fn diff_health_check(d: &mut Diff, old: &Config, new: &Config) {
+    use Applies::Live;
+    let (o, n) = (&old.health_check, &new.health_check);
+    let key = |name: &str| format!("health_check.{name}");
+    d.field(
+        Live,
+        &key("health_check_period"),
+        &unset(&o.health_check_period),
+        &unset(&n.health_check_period),
+    );
+    d.field(
+        Live,
+        &key("health_check_timeout"),
+        &unset(&o.health_check_timeout),
+        &unset(&n.health_check_timeout),
+    );
+    d.field(
+        Live,
+        &key("health_check_user"),
+        &unset_quoted(&o.health_check_user),
+        &unset_quoted(&n.health_check_user),
+    );
+    d.secret(
+        Live,
+        &key("health_check_password"),
+        &o.health_check_password,
+        &n.health_check_password,
+    );
+    d.field(
+        Live,
+        &key("health_check_database"),
+        &unset_quoted(&o.health_check_database),
+        &unset_quoted(&n.health_check_database),
+    );
+    d.field(
+        Live,
+        &key("health_check_max_retries"),
+        &o.health_check_max_retries,
+        &n.health_check_max_retries,
+    );
+    d.field(
+        Live,
+        &key("health_check_retry_delay"),
+        &o.health_check_retry_delay,
+        &n.health_check_retry_delay,
+    );
+}
+
+/// A node's own health_check_* keys: live like `[health_check]`'s.
+fn diff_backend_health_check(
+    d: &mut Diff,
+    applies: Applies,
+    index: usize,
+    o: &BackendConfig,
+    n: &BackendConfig,
+) {
+    let key = |field: &str| format!("backend[{index}].{field}");
+    d.field(
+        applies,
+        &key("health_check_period"),
+        &unset(&o.health_check_period),
+        &unset(&n.health_check_period),
+    );
+    d.field(
+        applies,
+        &key("health_check_timeout"),
+        &unset(&o.health_check_timeout),
+        &unset(&n.health_check_timeout),
+    );
+    d.field(
+        applies,
+        &key("health_check_user"),
+        &unset_quoted(&o.health_check_user),
+        &unset_quoted(&n.health_check_user),
+    );
+    d.secret(
+        applies,
+        &key("health_check_password"),
+        &o.health_check_password,
+        &n.health_check_password,
+    );
+    d.field(
+        applies,
+        &key("health_check_database"),
+        &unset_quoted(&o.health_check_database),
+        &unset_quoted(&n.health_check_database),
+    );
+    d.field(
+        applies,
+        &key("health_check_max_retries"),
+        &unset(&o.health_check_max_retries),
+        &unset(&n.health_check_max_retries),
+    );
+    d.field(
+        applies,
+        &key("health_check_retry_delay"),
+        &unset(&o.health_check_retry_delay),
+        &unset(&n.health_check_retry_delay),
+    );
+}
+
 /// All live. pgpool needs a restart for load_balance_mode because each of
 /// its child processes fixes its load-balancing node at start; pghalo's
 /// router reads the configuration when it chooses a node (per session or
@@ -523,6 +627,13 @@ fn diff_backends(d: &mut Diff, old: &[BackendConfig], new: &[BackendConfig]) {
             &quoted(&o.application_name),
             &quoted(&n.application_name),
         );
+        d.field(
+            live,
+            &key("promotion_priority"),
+            &o.promotion_priority,
+            &n.promotion_priority,
+        );
+        diff_backend_health_check(d, live, index, o, n);
     }
     for (index, b) in old.iter().enumerate().skip(new.len()) {
         d.note(
@@ -576,6 +687,14 @@ pub fn apply_live(old: &Config, new: &Config) -> Config {
                 weight: n.weight,
                 data_directory: n.data_directory.clone(),
                 application_name: n.application_name.clone(),
+                promotion_priority: n.promotion_priority,
+                health_check_period: n.health_check_period,
+                health_check_timeout: n.health_check_timeout,
+                health_check_user: n.health_check_user.clone(),
+                health_check_password: n.health_check_password.clone(),
+                health_check_database: n.health_check_database.clone(),
+                health_check_max_retries: n.health_check_max_retries,
+                health_check_retry_delay: n.health_check_retry_delay,
                 ..o.clone()
             },
             _ => o.clone(),
@@ -796,6 +915,37 @@ port = 5432
             plan.restart_required
                 .contains(&"backend[1].host: 10.0.0.2 -> 10.0.0.1".to_owned())
         );
+    }
+
+    #[test]
+    fn health_checks_and_promotion_priorities_apply_live() {
+        let old = config("");
+        let new = with_backends(
+            "[health_check]\nhealth_check_period = \"5s\"\nhealth_check_user = \"hc\"\n\
+             health_check_password = \"TEXTsecret\"\nhealth_check_max_retries = 4\n\
+             [[backend]]\nname = \"a\"\nhost = \"10.0.0.1\"\nport = 5432\n\
+             health_check_timeout = \"3s\"\npromotion_priority = 0\n\
+             [[backend]]\nname = \"b\"\nhost = \"10.0.0.2\"\nport = 5432\n\
+             health_check_password = \"TEXTnode\"\n",
+        );
+        let plan = reload_plan(&old, &new);
+        assert!(!plan.needs_restart(), "{plan:?}");
+        assert_eq!(
+            plan.live,
+            [
+                "health_check.health_check_period: (unset) -> 5s",
+                "health_check.health_check_user: (unset) -> \"hc\"",
+                "health_check.health_check_password: changed",
+                "health_check.health_check_max_retries: 2 -> 4",
+                "backend[0].promotion_priority: 1 -> 0",
+                "backend[0].health_check_timeout: (unset) -> 3s",
+                "backend[1].health_check_password: changed",
+            ]
+        );
+        assert!(!format!("{plan:?}").contains("secret"));
+        let next = apply_live(&old, &new);
+        assert_eq!(next.backends, new.backends);
+        assert_eq!(next.health_check, new.health_check);
     }
 
     #[test]

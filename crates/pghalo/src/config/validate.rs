@@ -41,6 +41,7 @@ pub(super) fn check(config: &Config) -> Result<(), Problem> {
     check_log(config)?;
     check_backends(config)?;
     check_streaming_replication(config)?;
+    check_health_check(config)?;
     check_load_balance(config)?;
     check_failover(config)
 }
@@ -58,12 +59,6 @@ fn check_failover(config: &Config) -> Result<(), Problem> {
         return at(
             at_f("recovery_password"),
             "is AES-encrypted but auth.pool_key_file is not set, so it cannot be decrypted",
-        );
-    }
-    if f.failover_confirmations == 0 {
-        return at(
-            at_f("failover_confirmations"),
-            "must be at least 1: the check that saw the failure counts",
         );
     }
     if f.promote_timeout.is_zero() || f.follow_primary_timeout.is_zero() {
@@ -248,6 +243,71 @@ fn check_streaming_replication(config: &Config) -> Result<(), Problem> {
             at_sr("sr_check_password"),
             "is AES-encrypted but auth.pool_key_file is not set, so it cannot be decrypted",
         );
+    }
+    Ok(())
+}
+
+/// The keys as written, in `[health_check]` and on every backend (a bad
+/// value is reported where it is, even on a level another overrides);
+/// then each node's resolved login.
+fn check_health_check(config: &Config) -> Result<(), Problem> {
+    use super::{ConfigPassword, PasswordKey};
+    let hc = &config.health_check;
+    let section = |name| key("health_check", name);
+    let keys = std::iter::once((
+        &hc.health_check_timeout,
+        &hc.health_check_database,
+        &hc.health_check_password,
+        None,
+    ))
+    .chain(config.backends.iter().enumerate().map(|(index, b)| {
+        (
+            &b.health_check_timeout,
+            &b.health_check_database,
+            &b.health_check_password,
+            Some(index),
+        )
+    }));
+    for (timeout, database, password, index) in keys {
+        let path = |name| index.map_or_else(|| section(name), |i| backend(i).key(name));
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return at(
+                path("health_check_timeout"),
+                "must be more than 0: a node that never answers must not hold its check forever",
+            );
+        }
+        if database.as_ref().is_some_and(|d| d.trim().is_empty()) {
+            return at(
+                path("health_check_database"),
+                "must name a database (leave it out to use sr_check_database)",
+            );
+        }
+        if password.as_ref().is_some_and(ConfigPassword::is_aes)
+            && config.auth.pool_key_file.is_none()
+        {
+            return at(
+                path("health_check_password"),
+                "is AES-encrypted but auth.pool_key_file is not set, so it cannot be decrypted",
+            );
+        }
+    }
+    for index in 0..config.backends.len() {
+        let Some(check) = config.health_check(index) else {
+            continue;
+        };
+        if check.user.is_empty() && !check.password.is_empty() {
+            let path = match check.password_from {
+                PasswordKey::Backend(i) => backend(i).key("health_check_password"),
+                PasswordKey::HealthCheck => key("health_check", "health_check_password"),
+                PasswordKey::StreamingReplication => {
+                    key("streaming_replication", "sr_check_password")
+                }
+            };
+            return at(
+                path,
+                format!("is set but backend[{index}] has no health_check_user (nor sr_check_user)"),
+            );
+        }
     }
     Ok(())
 }
@@ -550,6 +610,62 @@ mod tests {
             Config::from_str_with_name(&format!("[auth]\npool_passwd = \"\"\n{BACKEND}"), FILE)
                 .unwrap();
         assert_eq!(ok.auth.pool_passwd, None);
+    }
+
+    #[test]
+    fn health_check() {
+        rejects(
+            &format!("[health_check]\nhealth_check_timeout = \"0s\"\n{BACKEND}"),
+            2,
+            "health_check.health_check_timeout",
+            "must be more than 0",
+        );
+        rejects(
+            &format!("{BACKEND}health_check_timeout = 0\n"),
+            4,
+            "backend[0].health_check_timeout",
+            "must be more than 0",
+        );
+        rejects(
+            &format!("{BACKEND}health_check_database = \" \"\n"),
+            4,
+            "backend[0].health_check_database",
+            "must name a database",
+        );
+        rejects(
+            &format!("[health_check]\nhealth_check_password = \"AESc2VjcmV0\"\n{BACKEND}"),
+            2,
+            "health_check.health_check_password",
+            "auth.pool_key_file is not set",
+        );
+        rejects(
+            &format!("{BACKEND}health_check_password = \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n"),
+            4,
+            "backend[0].health_check_password",
+            "md5 hash cannot be used",
+        );
+        // A password with nobody to log in: no user at that level or any
+        // other.
+        rejects(
+            &format!("{BACKEND}health_check_password = \"TEXTpw\"\n"),
+            4,
+            "backend[0].health_check_password",
+            "no health_check_user",
+        );
+        rejects(
+            &format!("[health_check]\nhealth_check_max_retries = -1\n{BACKEND}"),
+            2,
+            "health_check.health_check_max_retries",
+            "",
+        );
+        let ok = Config::from_str_with_name(
+            &format!(
+                "[streaming_replication]\nsr_check_user = \"m\"\n{BACKEND}health_check_password = \"TEXTpw\"\n"
+            ),
+            FILE,
+        )
+        .unwrap();
+        assert_eq!(ok.health_check(0).unwrap().user, "m");
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! Failover, follow-primary and (later) failback: the control path's
-//! actions. One task watches the node table; when the primary's checks
-//! fail, it confirms the failure with a few immediate checks, has the
-//! coordinator commit the promotion of the best standby, promotes it over
-//! SQL, waits until the node table takes it as primary, and points every
-//! other standby at it. Must not talk to clients: sessions learn the new
+//! Failover, follow-primary and failback: the control path's actions. One
+//! task watches the node table; when the primary's check fails, it waits
+//! until the monitor's retries confirm the failure
+//! (health_check_max_retries), has the coordinator commit the promotion of
+//! the best standby, promotes it over SQL, waits until the node table
+//! takes it as primary, and points every other standby at it. Must not talk to clients: sessions learn the new
 //! primary from the next snapshot.
 //!
 //! # Layout
@@ -20,8 +20,6 @@
 //! - `standby.rs`: failed standbys detached, their slots dropped after a
 //!   grace period, auto_failback.
 //! - `mod.rs`: [`FailoverSettings`] and the task ([`FailoverTask`]).
-//!
-//! Not yet (issue 5 goes on): health_check_* parameters of their own.
 
 mod actions;
 mod candidate;
@@ -47,7 +45,7 @@ use crate::cluster::{CheckErrorKind, ClusterSnapshot, ClusterView, NodeId, Obser
 use crate::config::passwd::{PasswdError, PasswordFile};
 use crate::config::{Config, ResolvedPassword};
 use crate::coordinator::Coordinator;
-use crate::health::{MonitorWaker, Target, postmaster_answers};
+use crate::health::{CheckSchedule, MonitorSettings, MonitorWaker, Target, postmaster_answers};
 
 /// How long to wait before trying a failed failover again.
 const BACKOFF: Duration = Duration::from_secs(5);
@@ -66,11 +64,6 @@ pub struct FailoverSettings {
     /// None: no recovery_user, or auto_failover off; failures are only
     /// reported.
     pub control: Option<Control>,
-    /// Failed checks in a row that make the primary down.
-    pub confirmations: u32,
-    pub interval: Duration,
-    /// A confirming check that takes longer counts as failed.
-    pub check_timeout: Duration,
     pub max_lag: Option<u64>,
     pub promote_timeout: Duration,
     pub follow_timeout: Duration,
@@ -116,9 +109,6 @@ impl FailoverSettings {
         };
         Ok(FailoverSettings {
             control,
-            confirmations: f.failover_confirmations.max(1),
-            interval: f.confirmation_interval.as_duration(),
-            check_timeout: config.streaming_replication.sr_check_timeout.as_duration(),
             max_lag: Some(f.max_lag_on_failover.bytes()).filter(|b| *b > 0),
             promote_timeout: f.promote_timeout.as_duration(),
             follow_timeout: f.follow_primary_timeout.as_duration(),
@@ -183,11 +173,13 @@ impl Drop for FailoverTask {
 }
 
 impl FailoverTask {
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         settings: FailoverSettings,
         view: ClusterView,
         observer: Observer,
         waker: MonitorWaker,
+        checks: watch::Receiver<Arc<MonitorSettings>>,
         coordinator: Arc<dyn Coordinator>,
         shutdown: watch::Receiver<bool>,
     ) -> FailoverTask {
@@ -196,6 +188,7 @@ impl FailoverTask {
             view,
             observer,
             waker,
+            checks,
             coordinator,
             slots: HashMap::new(),
         };
@@ -216,6 +209,9 @@ struct Worker {
     view: ClusterView,
     observer: Observer,
     waker: MonitorWaker,
+    /// The monitor's settings in force: each node's retries, their delay
+    /// and the check timeout.
+    checks: watch::Receiver<Arc<MonitorSettings>>,
     coordinator: Arc<dyn Coordinator>,
     /// What pghalo did to detached standbys' replication slots.
     slots: HashMap<NodeId, standby::SlotState>,
@@ -343,7 +339,9 @@ impl Worker {
         let reason = format!(
             "{} failed {} checks in a row",
             self.name(failed),
-            self.settings.confirmations
+            snapshot
+                .node(failed)
+                .map_or(0, |n| n.checks.consecutive_failures)
         );
         match self
             .promote_and_follow(&control, candidate, failed, &snapshot, reason)
@@ -368,57 +366,70 @@ impl Worker {
         }
     }
 
-    /// Some(snapshot) when `failed` fails `confirmations` checks in a row
-    /// (the one that made it down counts); None when it answers again.
+    /// The check schedule of `node` in force.
+    fn schedule(&self, node: NodeId) -> Option<CheckSchedule> {
+        self.checks.borrow().node(node.index()).map(|c| c.schedule)
+    }
+
+    /// Failed checks in a row that confirm `node` down: its first failed
+    /// check and every retry (health_check_max_retries).
+    fn confirmations(&self, node: NodeId) -> u32 {
+        self.schedule(node).map_or(1, |s| s.confirmations())
+    }
+
+    /// Some(snapshot) once `failed` has failed its check and every retry,
+    /// which the monitor makes health_check_retry_delay apart; None when
+    /// it answers again.
     ///
     /// A check that timed out asks the postmaster for a sign of life (an
     /// SSLRequest, answered without a login): no answer confirms at once
     /// (a hung or cut-off primary fails over about one timeout after it
-    /// stops, not several); an answer means the server is slow, not gone,
-    /// and the failure counts as one of the `confirmations` like any other.
+    /// stops, not one per retry); an answer means the server is slow, not
+    /// gone, and the retries go on.
     async fn confirm_down(&mut self, failed: NodeId) -> Option<Arc<ClusterSnapshot>> {
+        let schedule = self.schedule(failed)?;
         let mut seen = self.view.snapshot();
-        let mut node = seen.node(failed)?;
-        let mut last = node.last_check;
-        let mut failures = 1;
+        let mut pinged: Option<SystemTime> = None;
         loop {
-            if node
-                .last_error
-                .as_ref()
-                .is_some_and(|e| e.kind == CheckErrorKind::Timeout)
-            {
-                let target = self.settings.targets.get(failed.index())?;
-                let limit = PING_LIMIT.min(self.settings.check_timeout);
-                if !postmaster_answers(target, limit).await {
-                    return Some(seen);
-                }
-                tracing::warn!(
-                    node = %node.name,
-                    "a check timed out, but the postmaster answers: the server is slow, not gone; checking again before any failover"
-                );
-            }
-            if failures >= self.settings.confirmations {
-                return Some(seen);
-            }
-            tokio::time::sleep(self.settings.interval).await;
-            self.waker.check_now();
-            let limit = self.settings.check_timeout + Duration::from_secs(1);
-            let checked = self
-                .view
-                .wait_for(limit, |s| {
-                    s.node(failed).is_some_and(|n| n.last_check > last)
-                })
-                .await;
-            // No newer check within a check's timeout: the check itself is
-            // stuck, which counts as a failure.
-            seen = checked.unwrap_or_else(|s| s);
-            node = seen.node(failed)?;
+            let node = seen.node(failed)?;
             if node.status != Status::Down {
                 tracing::info!(node = %node.name, "the primary answered again: no failover");
                 return None;
             }
-            failures += 1;
-            last = node.last_check.or(last).or(Some(SystemTime::now()));
+            if node.checks.consecutive_failures >= schedule.confirmations() {
+                return Some(seen);
+            }
+            let timed_out = node
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.kind == CheckErrorKind::Timeout);
+            if timed_out && pinged != node.last_check {
+                pinged = node.last_check;
+                let target = self.settings.targets.get(failed.index())?;
+                if !postmaster_answers(target, PING_LIMIT.min(schedule.timeout)).await {
+                    return Some(seen);
+                }
+                tracing::warn!(
+                    node = %node.name,
+                    "a check timed out, but the postmaster answers: the server is slow, not gone; \
+                     retrying the check before any failover"
+                );
+            }
+            let last = node.last_check;
+            let limit = schedule.retry_delay + schedule.timeout + Duration::from_secs(1);
+            seen = match self
+                .view
+                .wait_for(limit, |s| {
+                    s.node(failed).is_some_and(|n| n.last_check > last)
+                })
+                .await
+            {
+                Ok(newer) => newer,
+                // Every check ends within its timeout: no newer one means
+                // the monitor is not retrying (it was reconfigured, or is
+                // stopping), and the failure stands as confirmed.
+                Err(last_seen) => return Some(last_seen),
+            };
         }
     }
 }

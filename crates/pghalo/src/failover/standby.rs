@@ -1,5 +1,5 @@
-//! Standbys that fail and come back: a standby down for
-//! `failover_confirmations` checks in a row is detached (a decision); its
+//! Standbys that fail and come back: a standby whose check failed and
+//! every retry failed too (health_check_max_retries) is detached (a decision); its
 //! replication slot on the primary is dropped once it has been detached
 //! longer than `slot_grace_period`, so WAL does not pile up; with
 //! auto_failback it is attached again once the primary shows it streaming
@@ -35,7 +35,7 @@ impl Worker {
             }
             if !node.detached {
                 if node.status == Status::Down
-                    && node.checks.consecutive_failures >= self.settings.confirmations
+                    && node.checks.consecutive_failures >= self.confirmations(node.id)
                 {
                     let reason = format!(
                         "{} failed {} checks in a row",

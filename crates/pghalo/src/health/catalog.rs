@@ -4,7 +4,7 @@
 //! (`router::functions`).
 //!
 //! One task reads pg_proc in every database that accepts connections, as
-//! the monitor's user, and hands the router the whole answer: at start
+//! the primary's health-check user, and hands the router the whole answer: at start
 //! (retried every second until the primary is known and answers), every
 //! minute, and soon after a session's DDL committed (`refresh`). Until a
 //! function is known its statements go to the primary, so a read just
@@ -21,7 +21,7 @@ use crate::cluster::ClusterView;
 use crate::router::{CatalogVolatility, Volatility, merge_volatility};
 
 use super::probe::open;
-use super::settings::{MonitorSettings, Target};
+use super::settings::{MonitorSettings, NodeCheck};
 
 /// How often pg_proc is read when nothing asks sooner.
 const PERIOD: Duration = Duration::from_secs(60);
@@ -88,17 +88,20 @@ async fn run(
         }
         let settings = settings.borrow().clone();
         let node = cluster.snapshot().primary;
-        let Some(node) = node.and_then(|id| settings.targets.get(id.index())) else {
+        let Some(node) = node
+            .and_then(|id| settings.node(id.index()))
+            .filter(|n| n.enabled())
+        else {
             // No monitor, or no primary known yet.
             wait = RETRY;
             continue;
         };
-        // Each connection and query within sr_check_timeout, the whole
+        // Each connection and query within a check's timeout, the whole
         // read within a few of them.
-        let limit = settings.timeout.saturating_mul(4);
-        match tokio::time::timeout(limit, read_functions(&settings, node)).await {
+        let limit = node.schedule.timeout.saturating_mul(4);
+        match tokio::time::timeout(limit, read_functions(node)).await {
             Ok(Ok(functions)) => {
-                tracing::debug!(functions = functions.len(), node = %node.name, "pg_proc read");
+                tracing::debug!(functions = functions.len(), node = %node.target.name, "pg_proc read");
                 target.replace(functions);
                 last_error.clear();
                 wait = PERIOD;
@@ -106,14 +109,14 @@ async fn run(
             Ok(Err(e)) => {
                 let text = e.to_string();
                 if text != last_error {
-                    tracing::warn!(node = %node.name, "cannot read function volatility from pg_proc: {text}");
+                    tracing::warn!(node = %node.target.name, "cannot read function volatility from pg_proc: {text}");
                     last_error = text;
                 }
-                wait = RETRY.max(settings.period);
+                wait = RETRY.max(node.schedule.period);
             }
             Err(_) => {
-                tracing::warn!(node = %node.name, "reading pg_proc took longer than {limit:?}");
-                wait = RETRY.max(settings.period);
+                tracing::warn!(node = %node.target.name, "reading pg_proc took longer than {limit:?}");
+                wait = RETRY.max(node.schedule.period);
             }
         }
     }
@@ -121,10 +124,9 @@ async fn run(
 
 /// Every database's functions, merged.
 async fn read_functions(
-    settings: &MonitorSettings,
-    node: &Target,
+    node: &NodeCheck,
 ) -> Result<HashMap<String, Volatility>, tokio_postgres::Error> {
-    let (client, _driver) = open(settings, node, &settings.database).await?;
+    let (client, _driver) = open(node, &node.login.database).await?;
     let databases: Vec<String> = client
         .query(DATABASES, &[])
         .await?
@@ -133,8 +135,8 @@ async fn read_functions(
         .collect();
     let mut functions = HashMap::new();
     read_database(&client, &mut functions).await?;
-    for database in databases.iter().filter(|d| **d != settings.database) {
-        match open(settings, node, database).await {
+    for database in databases.iter().filter(|d| **d != node.login.database) {
+        match open(node, database).await {
             Ok((client, _driver)) => read_database(&client, &mut functions).await?,
             // Not allowed in (CONNECT revoked): its functions stay unknown,
             // so their statements go to the primary.

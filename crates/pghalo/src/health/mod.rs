@@ -1,27 +1,31 @@
-//! Health probes and the replication monitor (pgpool's streaming
-//! replication check), sending observations to `cluster`. Must not touch
-//! pools or run failover: it asks, and reports what it heard.
+//! Health checks and the replication monitor (pgpool's health check and
+//! streaming replication check in one), sending observations to
+//! `cluster`. Must not touch pools or run failover: it asks, and reports
+//! what it heard.
 //!
 //! # The replication monitor
-//! One task per backend, each with its own connection (tokio-postgres, the
-//! control path's client), so a node that hangs holds up only its own
-//! task. Every `sr_check_period` a task asks its node, in one prepared
-//! query, whether it is in recovery, its timeline and its WAL positions
-//! (see `probe.rs`), all under `sr_check_timeout`, and sends the answer or
-//! the reason for no answer as an [`Observation`].
+//! One task per backend, each with connections of its own (tokio-postgres,
+//! the control path's client), so a node that hangs holds up only its own
+//! task. Every health_check_period a task connects to its node, logs in
+//! and asks in one query whether it is in recovery, its timeline and its
+//! WAL positions (see `probe.rs`), all under health_check_timeout, and
+//! sends the answer or the reason for no answer as an [`Observation`].
+//! A failed check is retried health_check_max_retries times,
+//! health_check_retry_delay apart; the node's failures in a row are what
+//! the failover task counts. Each node has its own settings (pgpool's
+//! per-backend health_check_*N).
 //! The cluster turns observations into roles and lag; docs/topology.md
 //! has the whole story.
 //!
 //! # Layout
-//! - `settings.rs`: [`MonitorSettings`], from the configuration.
+//! - `settings.rs`: [`MonitorSettings`], each node's [`NodeCheck`], from
+//!   the configuration.
 //! - `probe.rs`: the query, the connection, the sorting of failures.
 //! - `mod.rs`: [`ReplicationMonitor`], the tasks and their handle.
 //! - `catalog.rs`: [`CatalogLoader`], function volatility read from the
-//!   primary's pg_proc for the router, with the monitor's credentials.
+//!   primary's pg_proc for the router, with the primary's check login.
 //! - `ping.rs`: [`postmaster_answers`], a sign of life without a login,
 //!   to tell a slow server from a hung one after a check timed out.
-//!
-//! Health checks proper (health_check_*, issue 5) will live here too.
 
 mod catalog;
 mod ping;
@@ -40,10 +44,10 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{NodeId, Observation, Observer};
 
-pub use settings::{MonitorSettings, Target};
+pub use settings::{CheckSchedule, Login, MonitorSettings, NodeCheck, Target};
 
-/// With sr_check_period = 0 a node is asked until it answers once; this is
-/// how often while it does not.
+/// With health_check_period = 0 a node is asked until it answers once;
+/// this is how often while it does not.
 const UNANSWERED_RETRY: Duration = Duration::from_secs(1);
 
 /// Asks the monitor's tasks for a check now.
@@ -62,7 +66,7 @@ impl MonitorWaker {
 
 /// The running replication monitor. Its tasks stop when the daemon's
 /// shutdown signal turns true, or when this handle is dropped (at their
-/// next wait: a check under way finishes first, within sr_check_timeout).
+/// next wait: a check under way finishes first, within its timeout).
 pub struct ReplicationMonitor {
     /// The settings every task reads before each check.
     settings: watch::Sender<Arc<MonitorSettings>>,
@@ -80,7 +84,7 @@ impl ReplicationMonitor {
         shutdown: watch::Receiver<bool>,
     ) -> ReplicationMonitor {
         warn_if_disabled(&settings);
-        let nodes = settings.targets.len();
+        let nodes = settings.nodes.len();
         let (settings, settings_rx) = watch::channel(Arc::new(settings));
         let wake: Vec<Arc<Notify>> = (0..nodes).map(|_| Arc::new(Notify::new())).collect();
         let tasks = wake
@@ -107,7 +111,7 @@ impl ReplicationMonitor {
     /// its next check, which starts at once. New credentials or a new
     /// database mean new connections.
     pub fn reconfigure(&self, settings: MonitorSettings) {
-        if settings.targets.len() != self.wake.len() {
+        if settings.nodes.len() != self.wake.len() {
             // The reload plan keeps the backend list until a restart, so
             // this only guards against a caller that did not apply it.
             tracing::warn!(
@@ -153,14 +157,15 @@ impl ReplicationMonitor {
 fn warn_if_disabled(settings: &MonitorSettings) {
     if !settings.enabled() {
         tracing::warn!(
-            "streaming_replication.sr_check_user is not set: pghalo does not check the nodes' roles \
-             and lag, and knows no primary but an ALWAYS_PRIMARY one"
+            "neither health_check_user nor streaming_replication.sr_check_user is set: pghalo does \
+             not check the nodes' health, roles and lag, and knows no primary but an ALWAYS_PRIMARY one"
         );
     }
 }
 
-/// One node's task: check, report, wait for the period (or new settings,
-/// or a wake-up), again, until shutdown.
+/// One node's task: check, report, wait (for the period, or the retry
+/// delay after a failure, or new settings, or a wake-up), again, until
+/// shutdown.
 async fn watch_node(
     node: NodeId,
     mut settings: watch::Receiver<Arc<MonitorSettings>>,
@@ -168,51 +173,54 @@ async fn watch_node(
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut conn: Option<probe::Connection> = None;
-    // The settings the open connection was made with.
-    let mut conn_settings: Option<Arc<MonitorSettings>> = None;
     let mut answered = false;
+    // Failed checks in a row that said the node is down; a refused login
+    // neither adds to them nor ends them.
+    let mut failures: u32 = 0;
     loop {
         if *shutdown.borrow() {
             return;
         }
         let current = settings.borrow_and_update().clone();
-        let wait = match current.targets.get(node.index()) {
-            Some(target) if current.enabled() => {
-                if conn_settings
-                    .as_ref()
-                    .is_some_and(|made| !made.same_login(&current, node.index()))
-                {
-                    conn = None;
-                }
+        let wait = match current.node(node.index()).filter(|c| c.enabled()) {
+            Some(check) => {
+                let schedule = check.schedule;
+                let retry = if (1..=schedule.max_retries).contains(&failures) {
+                    failures
+                } else {
+                    0
+                };
                 let at = SystemTime::now();
                 let started = Instant::now();
-                let outcome = probe::check(&mut conn, &current, target).await;
-                conn_settings = conn.as_ref().map(|_| current.clone());
+                let outcome = probe::check(check).await;
+                match &outcome {
+                    Ok(_) => failures = 0,
+                    Err(e) if e.kind.means_down() => failures = failures.saturating_add(1),
+                    Err(_) => {}
+                }
                 answered |= outcome.is_ok();
                 let observation = Observation {
                     node,
                     at,
                     elapsed: started.elapsed(),
+                    retry,
                     outcome,
                 };
                 if observer.send(observation).await.is_err() {
                     return; // The cluster is gone: nobody to tell.
                 }
-                if !current.period.is_zero() {
-                    Some(current.period.saturating_sub(started.elapsed()))
+                if (1..=schedule.max_retries).contains(&failures) {
+                    Some(schedule.retry_delay)
+                } else if !schedule.period.is_zero() {
+                    Some(schedule.period.saturating_sub(started.elapsed()))
                 } else if answered {
                     None
                 } else {
                     Some(UNANSWERED_RETRY)
                 }
             }
-            // Disabled, or a node this configuration does not have.
-            _ => {
-                conn = None;
-                conn_settings = None;
-                None
-            }
+            // Not checked, or a node this configuration does not have.
+            None => None,
         };
         let sleep = async {
             match wait {
@@ -287,6 +295,46 @@ mod tests {
             assert!(Instant::now() < deadline, "tasks still running");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_check_is_retried_max_retries_times_then_waits_for_the_period() {
+        let (port, other) = (closed_port(), closed_port());
+        let config = Config::from_str_with_name(
+            &format!(
+                "[streaming_replication]\nsr_check_user = \"monitor\"\nsr_check_password = \"TEXTpw\"\n\
+                 [health_check]\nhealth_check_period = \"1h\"\nhealth_check_max_retries = 1\n\
+                 health_check_retry_delay = \"50ms\"\n\
+                 [[backend]]\nhost = \"127.0.0.1\"\nport = {port}\nhealth_check_max_retries = 3\n\
+                 [[backend]]\nhost = \"127.0.0.1\"\nport = {other}\n"
+            ),
+            "/t.toml",
+        )
+        .unwrap();
+        let cluster = Cluster::start(&config.backends);
+        let settings = MonitorSettings::from_config(&config, &PasswordFile::default()).unwrap();
+        let (_shutdown, watcher) = watch::channel(false);
+        let _monitor = ReplicationMonitor::start(settings, cluster.observer(), watcher);
+        let s = cluster
+            .view()
+            .wait_for(Duration::from_secs(5), |s| {
+                s.nodes[0].checks.total >= 4 && s.nodes[1].checks.total >= 2
+            })
+            .await
+            .unwrap();
+        // Well within the period: no check beyond the retries comes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s2 = cluster.snapshot();
+        for (node, retries) in [(0, 3), (1, 1)] {
+            let checks = &s2.nodes[node].checks;
+            assert_eq!(checks.total, retries + 1, "node {node}: {checks:?}");
+            assert_eq!(checks.retries, retries, "node {node}: {checks:?}");
+            assert_eq!(checks.max_retry, retries as u32, "node {node}: {checks:?}");
+            assert_eq!(checks.consecutive_failures, retries as u32 + 1);
+            assert_eq!(s2.nodes[node].status, Status::Down);
+        }
+        assert_eq!(s2.nodes[0].checks.average_retries(), 3.0);
+        assert!(s.nodes[0].checks.fail >= 4);
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! One check of one node: a connection of its own, one prepared query,
-//! and the answer read into a [`Probe`] or the failure sorted into a
+//! One check of one node: a connection of its own, one query, and the
+//! answer read into a [`Probe`] or the failure sorted into a
 //! [`CheckErrorKind`]. Every check opens a new connection (and closes it):
 //! a postmaster that hangs or died while its old backends live on would go
 //! unnoticed on a kept connection, whose backend still answers.
@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, NoTls, Row};
 
 use crate::cluster::{CheckError, CheckErrorKind, Lsn, Probe, Sender};
 use crate::config::BackendHost;
 
-use super::settings::{MonitorSettings, Target};
+use super::settings::{Login, NodeCheck};
 
 /// Everything the check asks, in one round trip. Works on PostgreSQL 13 to
 /// 17: only functions and columns all of them have (`pg_stat_wal_receiver
@@ -71,15 +71,8 @@ FROM r, LATERAL (
 /// The name the monitor's sessions carry in pg_stat_activity.
 pub const APPLICATION_NAME: &str = "pghalo-sr-check";
 
-/// An open monitor connection to one node.
-pub(super) struct Connection {
-    client: Client,
-    statement: Statement,
-    /// Drives the socket; aborted with the connection, so a node that
-    /// stopped answering cannot keep a task alive.
-    _driver: AbortOnDrop,
-}
-
+/// Drives a connection's socket; aborted on drop, so a node that stopped
+/// answering cannot keep a task alive.
 pub(super) struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -88,78 +81,46 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Checks one node within `settings.timeout`, connecting first if `conn`
-/// holds no live connection. After any failure the connection is dropped:
-/// one that timed out may be stuck in the middle of a reply.
-pub(super) async fn check(
-    conn: &mut Option<Connection>,
-    settings: &MonitorSettings,
-    target: &Target,
-) -> Result<Probe, CheckError> {
+/// Checks one node within its health_check_timeout, on a connection made
+/// for this check and closed after it.
+pub(super) async fn check(node: &NodeCheck) -> Result<Probe, CheckError> {
     let attempt = async {
-        if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
-            *conn = None;
-        }
-        if conn.is_none() {
-            *conn = Some(connect(settings, target).await?);
-        }
-        let Some(open) = conn.as_ref() else {
-            return Err(CheckError::new(
-                CheckErrorKind::Closed,
-                "the connection was lost before the query",
-            ));
-        };
-        let row = open
-            .client
-            .query_one(&open.statement, &[])
+        let (client, _driver) = open(node, &node.login.database)
             .await
-            .map_err(|e| classify(&e, settings))?;
+            .map_err(|e| classify(&e, &node.login))?;
+        let row = client
+            .query_one(PROBE, &[])
+            .await
+            .map_err(|e| classify(&e, &node.login))?;
         read_probe(&row)
     };
-    let outcome = match tokio::time::timeout(settings.timeout, attempt).await {
+    let timeout = node.schedule.timeout;
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(outcome) => outcome,
         Err(_) => Err(CheckError::new(
             CheckErrorKind::Timeout,
-            format!("no answer within {}", shown(settings.timeout)),
+            format!("no answer within {}", shown(timeout)),
         )),
-    };
-    *conn = None;
-    outcome
+    }
 }
 
-async fn connect(settings: &MonitorSettings, target: &Target) -> Result<Connection, CheckError> {
-    let (client, driver) = open(settings, target, &settings.database)
-        .await
-        .map_err(|e| classify(&e, settings))?;
-    let statement = client
-        .prepare(PROBE)
-        .await
-        .map_err(|e| classify(&e, settings))?;
-    Ok(Connection {
-        client,
-        statement,
-        _driver: driver,
-    })
-}
-
-/// A connection to `database` on `target` as the monitor's user; the
-/// socket is driven until the returned guard is dropped.
+/// A connection to `database` on the node, logged in as its check's user;
+/// the socket is driven until the returned guard is dropped.
 pub(super) async fn open(
-    settings: &MonitorSettings,
-    target: &Target,
+    node: &NodeCheck,
     database: &str,
 ) -> Result<(Client, AbortOnDrop), tokio_postgres::Error> {
     let mut config = tokio_postgres::Config::new();
-    match &target.host {
+    match &node.target.host {
         BackendHost::Tcp(host) => config.host(host),
         BackendHost::Unix(dir) => config.host_path(dir),
     };
     config
-        .port(target.port)
-        .user(&settings.user)
+        .port(node.target.port)
+        .user(&node.login.user)
         .dbname(database)
         .application_name(APPLICATION_NAME);
-    if let Some(password) = &settings.password {
+    if let Some(password) = &node.login.password {
         config.password(password.expose());
     }
     // TLS to the backends is not used by the monitor yet (see
@@ -225,7 +186,7 @@ fn read_probe(row: &Row) -> Result<Probe, CheckError> {
 }
 
 /// Sorts a tokio-postgres failure into what the cluster tells apart.
-fn classify(err: &tokio_postgres::Error, settings: &MonitorSettings) -> CheckError {
+fn classify(err: &tokio_postgres::Error, login: &Login) -> CheckError {
     use CheckErrorKind::{Closed, Config, Connect, Query, Unavailable};
     let (kind, mut message) = if let Some(db) = err.as_db_error() {
         let code = db.code().code();
@@ -234,9 +195,9 @@ fn classify(err: &tokio_postgres::Error, settings: &MonitorSettings) -> CheckErr
             // the rest of class 28): the user, password or pg_hba refuses
             // the check.
             c if c.starts_with("28") => Config,
-            // invalid_catalog_name: sr_check_database does not exist.
+            // invalid_catalog_name: health_check_database does not exist.
             "3D000" => Config,
-            // insufficient_privilege: sr_check_user lacks pg_monitor.
+            // insufficient_privilege: health_check_user lacks pg_monitor.
             "42501" => Config,
             // cannot_connect_now (starting up, shutting down),
             // too_many_connections, admin/crash shutdown.
@@ -262,9 +223,9 @@ fn classify(err: &tokio_postgres::Error, settings: &MonitorSettings) -> CheckErr
         (kind, text)
     };
     if kind == Config
-        && let Some(why) = settings.missing_password
+        && let Some(why) = login.missing_password
     {
-        message.push_str(&format!(" (sr_check_password: {why})"));
+        message.push_str(&format!(" ({}: {why})", login.password_from));
     }
     CheckError::new(kind, message)
 }

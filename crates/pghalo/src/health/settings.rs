@@ -1,28 +1,62 @@
-//! What the replication monitor needs from the configuration, with the
-//! password resolved (pool_passwd looked up, AES decrypted) so that a bad
+//! What the replication monitor needs from the configuration: each
+//! node's health check (its schedule and login), with the password
+//! resolved (pool_passwd looked up, AES decrypted) so that a bad
 //! password setting fails the start or the reload, not every check.
 
 use std::time::Duration;
 
 use crate::config::passwd::{PasswdError, PasswordFile, Secret};
-use crate::config::{BackendHost, Config, MissingPassword, ResolvedPassword};
+use crate::config::{BackendHost, Config, MissingPassword, PasswordKey, ResolvedPassword};
 
-/// The monitor's settings. `Debug` hides the password.
+/// The monitor's settings: how each node is checked. `Debug` hides the
+/// passwords.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MonitorSettings {
-    /// sr_check_period; zero = each node until it answers once.
+    /// By node id.
+    pub nodes: Vec<NodeCheck>,
+}
+
+/// One node's check (pgpool's health_check_* for that node).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeCheck {
+    pub target: Target,
+    pub schedule: CheckSchedule,
+    pub login: Login,
+}
+
+/// When a node is checked, and when its failure counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckSchedule {
+    /// health_check_period; zero = until the node answers once.
     pub period: Duration,
-    /// sr_check_timeout: connecting and answering, together.
+    /// health_check_timeout: connecting, logging in and answering,
+    /// together.
     pub timeout: Duration,
-    /// sr_check_user; empty = the monitor does nothing.
+    /// health_check_max_retries.
+    pub max_retries: u32,
+    /// health_check_retry_delay.
+    pub retry_delay: Duration,
+}
+
+impl CheckSchedule {
+    /// Failed checks in a row that confirm the node down: the first and
+    /// its retries.
+    pub fn confirmations(&self) -> u32 {
+        self.max_retries.saturating_add(1)
+    }
+}
+
+/// Who a check logs in as.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Login {
+    /// Empty = the node is not checked.
     pub user: String,
     pub password: Option<Secret>,
     /// Why there is no password, told with an authentication failure.
     pub missing_password: Option<MissingPassword>,
-    /// sr_check_database.
+    /// The key the password comes from, named with that reason.
+    pub password_from: PasswordKey,
     pub database: String,
-    /// The nodes, by id.
-    pub targets: Vec<Target>,
 }
 
 /// Where one node listens.
@@ -51,19 +85,60 @@ impl Target {
 impl MonitorSettings {
     /// The settings of `config`. `pool_passwd` is the file the daemon has
     /// loaded (ignored when `auth.pool_passwd` is off); the pool key is
-    /// read again for an `AES` sr_check_password.
+    /// read again for an `AES` password.
     pub fn from_config(
         config: &Config,
         pool_passwd: &PasswordFile,
     ) -> Result<MonitorSettings, PasswdError> {
-        let sr = &config.streaming_replication;
-        let user = sr.sr_check_user.trim().to_owned();
+        let nodes = Target::all(config)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, target)| Some((target, config.health_check(index)?)))
+            .map(|(target, check)| {
+                Ok(NodeCheck {
+                    target,
+                    schedule: CheckSchedule {
+                        period: check.period,
+                        timeout: check.timeout,
+                        max_retries: check.max_retries,
+                        retry_delay: check.retry_delay,
+                    },
+                    login: Login::resolve(config, &check, pool_passwd)?,
+                })
+            })
+            .collect::<Result<_, PasswdError>>()?;
+        Ok(MonitorSettings { nodes })
+    }
+
+    /// False when no node has a user to check it with.
+    pub fn enabled(&self) -> bool {
+        self.nodes.iter().any(NodeCheck::enabled)
+    }
+
+    pub fn node(&self, index: usize) -> Option<&NodeCheck> {
+        self.nodes.get(index)
+    }
+}
+
+impl NodeCheck {
+    pub fn enabled(&self) -> bool {
+        !self.login.user.is_empty()
+    }
+}
+
+impl Login {
+    fn resolve(
+        config: &Config,
+        check: &crate::config::NodeHealthCheck<'_>,
+        pool_passwd: &PasswordFile,
+    ) -> Result<Login, PasswdError> {
+        let user = check.user.to_owned();
         let (password, missing_password) = if user.is_empty() {
             (None, None)
         } else {
             let file = config.auth.pool_passwd.as_ref().map(|_| pool_passwd);
-            match sr.sr_check_password.resolve(
-                "streaming_replication.sr_check_password",
+            match check.password.resolve(
+                &check.password_from.to_string(),
                 &user,
                 file,
                 config.auth.pool_key_file.as_deref(),
@@ -72,29 +147,13 @@ impl MonitorSettings {
                 ResolvedPassword::Missing(why) => (None, Some(why)),
             }
         };
-        Ok(MonitorSettings {
-            period: sr.sr_check_period.as_duration(),
-            timeout: sr.sr_check_timeout.as_duration(),
+        Ok(Login {
             user,
             password,
             missing_password,
-            database: sr.sr_check_database.clone(),
-            targets: Target::all(config),
+            password_from: check.password_from,
+            database: check.database.to_owned(),
         })
-    }
-
-    /// False when no sr_check_user is configured.
-    pub fn enabled(&self) -> bool {
-        !self.user.is_empty()
-    }
-
-    /// True if a connection made under `self` logs in as `other` would:
-    /// same node, user, password and database.
-    pub(super) fn same_login(&self, other: &MonitorSettings, node: usize) -> bool {
-        self.user == other.user
-            && self.password == other.password
-            && self.database == other.database
-            && self.targets.get(node) == other.targets.get(node)
     }
 }
 
@@ -114,8 +173,9 @@ mod tests {
     fn disabled_without_a_user() {
         let s = MonitorSettings::from_config(&config(""), &PasswordFile::default()).unwrap();
         assert!(!s.enabled());
-        assert_eq!(s.period, Duration::from_secs(1));
-        assert_eq!(s.targets[0].port, 5432);
+        assert_eq!(s.nodes[0].schedule.period, Duration::from_secs(1));
+        assert_eq!(s.nodes[0].schedule.confirmations(), 3);
+        assert_eq!(s.nodes[0].target.port, 5432);
     }
 
     #[test]
@@ -132,7 +192,7 @@ mod tests {
             &passwd,
         )
         .unwrap();
-        assert_eq!(s.password, Some(Secret::new("from-file")));
+        assert_eq!(s.nodes[0].login.password, Some(Secret::new("from-file")));
         assert!(!format!("{s:?}").contains("from-file"));
 
         let s = MonitorSettings::from_config(
@@ -140,16 +200,16 @@ mod tests {
             &passwd,
         )
         .unwrap();
-        assert_eq!(s.password, Some(Secret::new("inline")));
+        assert_eq!(s.nodes[0].login.password, Some(Secret::new("inline")));
 
         let s = MonitorSettings::from_config(
             &config("[streaming_replication]\nsr_check_user = \"scram\""),
             &passwd,
         )
         .unwrap();
-        assert_eq!(s.password, None);
+        assert_eq!(s.nodes[0].login.password, None);
         assert_eq!(
-            s.missing_password,
+            s.nodes[0].login.missing_password,
             Some(MissingPassword::OnlyAHash("SCRAM-SHA-256"))
         );
 
@@ -161,7 +221,41 @@ mod tests {
             &passwd,
         )
         .unwrap();
-        assert_eq!(s.missing_password, Some(MissingPassword::NoPoolPasswd));
+        assert_eq!(
+            s.nodes[0].login.missing_password,
+            Some(MissingPassword::NoPoolPasswd)
+        );
+    }
+
+    #[test]
+    fn each_node_logs_in_as_its_own_health_check_says() {
+        let passwd = PasswordFile::parse("checker:TEXTfrom-file\n", "pool_passwd", None).unwrap();
+        let c = Config::from_str_with_name(
+            "[streaming_replication]\nsr_check_user = \"monitor\"\nsr_check_password = \"TEXTsr\"\n\
+             [health_check]\nhealth_check_timeout = \"3s\"\n\
+             [[backend]]\nhost = \"a\"\nport = 1\n\
+             [[backend]]\nhost = \"b\"\nport = 2\nhealth_check_user = \"checker\"\n\
+             health_check_database = \"hc\"\nhealth_check_max_retries = 0\n\
+             [[backend]]\nhost = \"c\"\nport = 3\nhealth_check_user = \"\"\n",
+            "/etc/pghalo/pghalo.toml",
+        )
+        .unwrap();
+        let s = MonitorSettings::from_config(&c, &passwd).unwrap();
+        let [first, second, third] = &s.nodes[..] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(first.login.user, "monitor");
+        assert_eq!(first.login.password, Some(Secret::new("sr")));
+        assert_eq!(first.login.database, "postgres");
+        assert_eq!(first.schedule.timeout, Duration::from_secs(3));
+        assert_eq!(second.login.user, "checker");
+        assert_eq!(second.login.password, Some(Secret::new("from-file")));
+        assert_eq!(second.login.database, "hc");
+        assert_eq!(second.schedule.confirmations(), 1);
+        assert_eq!(second.target.port, 2);
+        // An empty user: the node is not checked, the others are.
+        assert!(!third.enabled());
+        assert!(s.enabled());
     }
 
     #[test]

@@ -318,7 +318,7 @@ impl Proxy {
         let asked = std::time::SystemTime::now();
         monitor.check_now();
         let id = crate::cluster::NodeId(node);
-        // A check answers within sr_check_timeout; wait_for_primary bounds
+        // A check answers within health_check_timeout; wait_for_primary bounds
         // the whole wait the client sees.
         let limit = self.settings.load().wait_for_primary;
         let _ = view

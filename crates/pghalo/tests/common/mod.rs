@@ -490,12 +490,26 @@ pub async fn start_failover_proxy(
     before: &str,
     failover_extra: &str,
 ) -> (ProxyConfig, pghalo::daemon::Daemon) {
+    start_failover_proxy_with(lab, tag, before, failover_extra, "").await
+}
+
+/// `start_failover_proxy`, with `last_backend_extra` keys in the last
+/// node's `[[backend]]` table.
+pub async fn start_failover_proxy_with(
+    lab: &Lab,
+    tag: &str,
+    before: &str,
+    failover_extra: &str,
+    last_backend_extra: &str,
+) -> (ProxyConfig, pghalo::daemon::Daemon) {
     let sections = format!(
         "{before}{}\n{}",
         monitor_section(lab, ""),
         failover_section(lab, failover_extra)
     );
     let config = routing_config(lab, tag, &sections, &[]);
+    let text = std::fs::read_to_string(config.path()).expect("reading pghalo.toml");
+    write_file(&config.path(), &format!("{text}{last_backend_extra}\n"));
     let daemon = pghalo::daemon::Daemon::start(&config.path())
         .await
         .expect("starting pghalo");
