@@ -378,8 +378,14 @@ async fn measure_pgpool(lab: &Lab, dir: &std::path::Path, fault: Fault) -> Resul
         tokio::time::sleep(Duration::from_millis(500)).await;
         let pid = postmaster_pid(lab, "node0")?;
         let at = fault_primary(fault, pid, &faulted)?;
-        // A hung primary: 4 health checks of 30 s and their retry delays.
-        let limit = Duration::from_secs(240);
+        // A hung primary: 4 health checks of 30 s and their retry delays
+        // to the promotion; then pgpool 4.3's search for the new primary
+        // blocks on the stopped postmaster until search_primary_node_timeout
+        // (300 s) runs out.
+        let limit = Duration::from_secs(match fault {
+            Fault::Kill => 60,
+            Fault::Hang => 480,
+        });
         let promote = async {
             loop {
                 for node in &lab.manifest.nodes[1..] {
@@ -416,6 +422,15 @@ async fn measure_pgpool(lab: &Lab, dir: &std::path::Path, fault: Fault) -> Resul
     }
     let _ = child.kill();
     let _ = child.wait();
+    if outcome.is_err() {
+        // pgpool's own account of a run that failed, for the report.
+        let log = std::fs::read_to_string(dir.join("pgpool.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!("pgpool.log, last lines:");
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("  {line}");
+        }
+    }
     outcome
 }
 
@@ -462,7 +477,17 @@ fn main() -> std::process::ExitCode {
             .into_iter()
             .map(move |(fault, name)| (proxy, who, fault, name))
     });
+    // pgpool-II 4.3 takes minutes per hung-primary run (see measure_pgpool).
+    let pgpool_hang_runs: usize = std::env::var("BENCH_PGPOOL_HANG_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(runs.min(3));
     for (proxy, who, fault, name) in cases {
+        let runs = if proxy == Proxy::Pgpool && fault == Fault::Hang {
+            pgpool_hang_runs
+        } else {
+            runs
+        };
         println!("{who}: {name} of the primary's postmaster, {runs} runs:");
         println!("  run   detect   promote  first write");
         let mut all = Vec::new();
