@@ -279,7 +279,7 @@ async fn first_write(
 ) -> Result<Duration, String> {
     tokio::time::timeout(limit, writer)
         .await
-        .map_err(|_| "no write after the fault".to_owned())?
+        .map_err(|_| format!("no write within {limit:?} of the promotion"))?
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "the writer stopped".to_owned())
 }
@@ -379,9 +379,11 @@ async fn measure_pgpool(lab: &Lab, dir: &std::path::Path, fault: Fault) -> Resul
         let pid = postmaster_pid(lab, "node0")?;
         let at = fault_primary(fault, pid, &faulted)?;
         // A hung primary: 4 health checks of 30 s and their retry delays
-        // to the promotion; then pgpool 4.3's search for the new primary
-        // blocks on the stopped postmaster until search_primary_node_timeout
-        // (300 s) runs out.
+        // to the promotion. Then pgpool 4.3's search for the new primary
+        // blocks on the stopped postmaster: in every run here it served
+        // its first write only once the bench resumed the old primary, at
+        // the limit. The limit is long enough to tell that from a slow
+        // search (search_primary_node_timeout is 300 s).
         let limit = Duration::from_secs(match fault {
             Fault::Kill => 60,
             Fault::Hang => 480,
@@ -402,7 +404,12 @@ async fn measure_pgpool(lab: &Lab, dir: &std::path::Path, fault: Fault) -> Resul
         let promote = tokio::time::timeout(limit, promote)
             .await
             .map_err(|_| format!("no standby promoted within {limit:?}"))?;
-        let write = first_write(writer, limit).await;
+        let write = first_write(writer, limit).await.map_err(|e| {
+            format!(
+                "{e} (a standby was promoted {:.2}s after the fault)",
+                promote.as_secs_f64()
+            )
+        });
         stop.store(true, Ordering::Relaxed);
         resume(fault, pid);
         Ok(Run {
