@@ -9,7 +9,7 @@
 use std::fmt::Display;
 use std::path::PathBuf;
 
-use super::{BackendConfig, Config};
+use super::{BackendConfig, Config, ConfigPassword, HealthCheckConfig};
 
 /// The differences between two configurations, each as
 /// `"pool.max_pool_size: 20 -> 40"`.
@@ -420,50 +420,13 @@ fn diff_streaming_replication(d: &mut Diff, old: &Config, new: &Config) {
 
 /// All live: the monitor's tasks take the new values at their next check.
 fn diff_health_check(d: &mut Diff, old: &Config, new: &Config) {
-    use Applies::Live;
-    let (o, n) = (&old.health_check, &new.health_check);
     let key = |name: &str| format!("health_check.{name}");
-    d.field(
-        Live,
-        &key("health_check_period"),
-        &unset(&o.health_check_period),
-        &unset(&n.health_check_period),
-    );
-    d.field(
-        Live,
-        &key("health_check_timeout"),
-        &unset(&o.health_check_timeout),
-        &unset(&n.health_check_timeout),
-    );
-    d.field(
-        Live,
-        &key("health_check_user"),
-        &unset_quoted(&o.health_check_user),
-        &unset_quoted(&n.health_check_user),
-    );
-    d.secret(
-        Live,
-        &key("health_check_password"),
-        &o.health_check_password,
-        &n.health_check_password,
-    );
-    d.field(
-        Live,
-        &key("health_check_database"),
-        &unset_quoted(&o.health_check_database),
-        &unset_quoted(&n.health_check_database),
-    );
-    d.field(
-        Live,
-        &key("health_check_max_retries"),
-        &o.health_check_max_retries,
-        &n.health_check_max_retries,
-    );
-    d.field(
-        Live,
-        &key("health_check_retry_delay"),
-        &o.health_check_retry_delay,
-        &n.health_check_retry_delay,
+    diff_health_check_keys(
+        d,
+        Applies::Live,
+        key,
+        HealthCheckKeys::section(&old.health_check),
+        HealthCheckKeys::section(&new.health_check),
     );
 }
 
@@ -476,47 +439,85 @@ fn diff_backend_health_check(
     n: &BackendConfig,
 ) {
     let key = |field: &str| format!("backend[{index}].{field}");
-    d.field(
+    diff_health_check_keys(
+        d,
         applies,
-        &key("health_check_period"),
-        &unset(&o.health_check_period),
-        &unset(&n.health_check_period),
+        key,
+        HealthCheckKeys::backend(o),
+        HealthCheckKeys::backend(n),
     );
-    d.field(
-        applies,
-        &key("health_check_timeout"),
-        &unset(&o.health_check_timeout),
-        &unset(&n.health_check_timeout),
-    );
-    d.field(
-        applies,
-        &key("health_check_user"),
-        &unset_quoted(&o.health_check_user),
-        &unset_quoted(&n.health_check_user),
-    );
+}
+
+/// One level's health_check_* keys as the plan shows them, the password
+/// apart (never shown).
+struct HealthCheckKeys<'a> {
+    shown: [(&'static str, String); 6],
+    password: &'a Option<ConfigPassword>,
+}
+
+impl<'a> HealthCheckKeys<'a> {
+    fn section(hc: &'a HealthCheckConfig) -> HealthCheckKeys<'a> {
+        HealthCheckKeys {
+            shown: [
+                ("health_check_period", unset(&hc.health_check_period)),
+                ("health_check_timeout", unset(&hc.health_check_timeout)),
+                ("health_check_user", unset_quoted(&hc.health_check_user)),
+                (
+                    "health_check_database",
+                    unset_quoted(&hc.health_check_database),
+                ),
+                (
+                    "health_check_max_retries",
+                    hc.health_check_max_retries.to_string(),
+                ),
+                (
+                    "health_check_retry_delay",
+                    hc.health_check_retry_delay.to_string(),
+                ),
+            ],
+            password: &hc.health_check_password,
+        }
+    }
+
+    fn backend(b: &'a BackendConfig) -> HealthCheckKeys<'a> {
+        HealthCheckKeys {
+            shown: [
+                ("health_check_period", unset(&b.health_check_period)),
+                ("health_check_timeout", unset(&b.health_check_timeout)),
+                ("health_check_user", unset_quoted(&b.health_check_user)),
+                (
+                    "health_check_database",
+                    unset_quoted(&b.health_check_database),
+                ),
+                (
+                    "health_check_max_retries",
+                    unset(&b.health_check_max_retries),
+                ),
+                (
+                    "health_check_retry_delay",
+                    unset(&b.health_check_retry_delay),
+                ),
+            ],
+            password: &b.health_check_password,
+        }
+    }
+}
+
+fn diff_health_check_keys(
+    d: &mut Diff,
+    applies: Applies,
+    key: impl Fn(&str) -> String,
+    old: HealthCheckKeys<'_>,
+    new: HealthCheckKeys<'_>,
+) {
+    for ((name, o), (_, n)) in old.shown.iter().zip(&new.shown) {
+        d.field(applies, &key(name), o, n);
+    }
     d.secret(
         applies,
         &key("health_check_password"),
-        &o.health_check_password,
-        &n.health_check_password,
-    );
-    d.field(
-        applies,
-        &key("health_check_database"),
-        &unset_quoted(&o.health_check_database),
-        &unset_quoted(&n.health_check_database),
-    );
-    d.field(
-        applies,
-        &key("health_check_max_retries"),
-        &unset(&o.health_check_max_retries),
-        &unset(&n.health_check_max_retries),
-    );
-    d.field(
-        applies,
-        &key("health_check_retry_delay"),
-        &unset(&o.health_check_retry_delay),
-        &unset(&n.health_check_retry_delay),
+        old.password,
+        new.password,
     );
 }
 
@@ -935,8 +936,8 @@ port = 5432
             [
                 "health_check.health_check_period: (unset) -> 5s",
                 "health_check.health_check_user: (unset) -> \"hc\"",
-                "health_check.health_check_password: changed",
                 "health_check.health_check_max_retries: 2 -> 4",
+                "health_check.health_check_password: changed",
                 "backend[0].promotion_priority: 1 -> 0",
                 "backend[0].health_check_timeout: (unset) -> 3s",
                 "backend[1].health_check_password: changed",
