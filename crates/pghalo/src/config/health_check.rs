@@ -28,8 +28,9 @@ pub struct HealthCheckConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check_timeout: Option<ConfigDuration>,
     /// pgpool health_check_user: needs pg_monitor (or superuser), as the
-    /// same query reads the replication state. Unset = sr_check_user;
-    /// `""` = the node is not checked.
+    /// same query reads the replication state. Unset = sr_check_user.
+    /// Every node is checked or none: pghalo knows the primary only once
+    /// it has heard from every node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check_user: Option<String>,
     /// pgpool health_check_password, in the forms of sr_check_password.
@@ -73,7 +74,7 @@ pub struct NodeHealthCheck<'a> {
     pub timeout: Duration,
     pub max_retries: u32,
     pub retry_delay: Duration,
-    /// Trimmed; empty = the node is not checked.
+    /// Trimmed; empty = no checks (then for every node).
     pub user: &'a str,
     pub password: &'a ConfigPassword,
     /// The key the password comes from, for errors.
@@ -137,6 +138,15 @@ impl Config {
                 .or(section.health_check_database.as_deref())
                 .unwrap_or(&sr.sr_check_database),
         })
+    }
+}
+
+impl Config {
+    /// True when pghalo checks its nodes: a health-check user is set
+    /// (validation makes it every node or none).
+    pub fn checks_nodes(&self) -> bool {
+        (0..self.backends.len())
+            .any(|index| self.health_check(index).is_some_and(|c| !c.user.is_empty()))
     }
 }
 
@@ -293,7 +303,8 @@ mod tests {
     #[test]
     fn a_serialised_configuration_reads_back_the_same() {
         let c = config(&format!(
-            "[health_check]\nhealth_check_period = \"2s\"\nhealth_check_password = \"\"\n{BACKENDS}\
+            "[streaming_replication]\nsr_check_user = \"m\"\n\
+             [health_check]\nhealth_check_period = \"2s\"\nhealth_check_password = \"\"\n{BACKENDS}\
              health_check_max_retries = 1\nhealth_check_user = \"x\"\n"
         ));
         let text = toml::to_string(&c).unwrap();

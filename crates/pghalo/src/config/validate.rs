@@ -291,10 +291,29 @@ fn check_health_check(config: &Config) -> Result<(), Problem> {
             );
         }
     }
+    let checked = config.checks_nodes();
     for index in 0..config.backends.len() {
         let Some(check) = config.health_check(index) else {
             continue;
         };
+        if checked && check.user.is_empty() {
+            // The node table decides the primary only once every node
+            // has been heard from: one node never checked would leave
+            // pghalo without a primary.
+            return at(
+                backend(index).key("health_check_user"),
+                "is empty while the other nodes are checked: pghalo must check every node to know \
+                 which is the primary (leave it out to use [health_check]'s or sr_check_user)",
+            );
+        }
+        if checked && check.database.trim().is_empty() {
+            return at(
+                key("streaming_replication", "sr_check_database"),
+                format!(
+                    "is empty, and backend[{index}] is checked with it: name a database here or in health_check_database"
+                ),
+            );
+        }
         if check.user.is_empty() && !check.password.is_empty() {
             let path = match check.password_from {
                 PasswordKey::Backend(i) => backend(i).key("health_check_password"),
@@ -657,6 +676,26 @@ mod tests {
             2,
             "health_check.health_check_max_retries",
             "",
+        );
+        // Every node checked or none: one left out would leave pghalo
+        // without a primary.
+        rejects(
+            &format!(
+                "[streaming_replication]\nsr_check_user = \"m\"\n{BACKEND}\
+                 [[backend]]\nhost = \"10.0.0.2\"\nport = 5432\nhealth_check_user = \"\"\n"
+            ),
+            9,
+            "backend[1].health_check_user",
+            "must check every node",
+        );
+        rejects(
+            &format!(
+                "[streaming_replication]\nsr_check_database = \"\"\n\
+                 [health_check]\nhealth_check_user = \"hc\"\n{BACKEND}"
+            ),
+            2,
+            "streaming_replication.sr_check_database",
+            "backend[0] is checked with it",
         );
         let ok = Config::from_str_with_name(
             &format!(

@@ -32,7 +32,7 @@ mod sync_rule;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -387,24 +387,29 @@ impl Worker {
     /// stops, not one per retry); an answer means the server is slow, not
     /// gone, and the retries go on.
     async fn confirm_down(&mut self, failed: NodeId) -> Option<Arc<ClusterSnapshot>> {
-        let schedule = self.schedule(failed)?;
         let mut seen = self.view.snapshot();
-        let mut pinged: Option<SystemTime> = None;
+        let mut pinged: Option<u64> = None;
         loop {
+            // Read each time: a reload may change the retries meanwhile.
+            let schedule = self.schedule(failed)?;
             let node = seen.node(failed)?;
             if node.status != Status::Down {
                 tracing::info!(node = %node.name, "the primary answered again: no failover");
                 return None;
             }
+            let last_kind = node.last_error.as_ref().map(|e| e.kind);
+            if last_kind == Some(CheckErrorKind::Config) {
+                // Its checks are refused at login: they cannot tell whether
+                // it is down, and a configuration error never fails over.
+                tracing::debug!(node = %node.name, "the primary's checks are refused at login: no failover");
+                return None;
+            }
             if node.checks.consecutive_failures >= schedule.confirmations() {
                 return Some(seen);
             }
-            let timed_out = node
-                .last_error
-                .as_ref()
-                .is_some_and(|e| e.kind == CheckErrorKind::Timeout);
-            if timed_out && pinged != node.last_check {
-                pinged = node.last_check;
+            let checks = node.checks.total;
+            if last_kind == Some(CheckErrorKind::Timeout) && pinged != Some(checks) {
+                pinged = Some(checks);
                 let target = self.settings.targets.get(failed.index())?;
                 if !postmaster_answers(target, PING_LIMIT.min(schedule.timeout)).await {
                     return Some(seen);
@@ -415,20 +420,23 @@ impl Worker {
                      retrying the check before any failover"
                 );
             }
-            let last = node.last_check;
             let limit = schedule.retry_delay + schedule.timeout + Duration::from_secs(1);
             seen = match self
                 .view
                 .wait_for(limit, |s| {
-                    s.node(failed).is_some_and(|n| n.last_check > last)
+                    s.node(failed).is_some_and(|n| n.checks.total > checks)
                 })
                 .await
             {
                 Ok(newer) => newer,
                 // Every check ends within its timeout: no newer one means
-                // the monitor is not retrying (it was reconfigured, or is
-                // stopping), and the failure stands as confirmed.
-                Err(last_seen) => return Some(last_seen),
+                // the monitor stopped checking (pghalo is stopping, or a
+                // reload changed the checks). Without its verdict nothing
+                // is confirmed.
+                Err(_) => {
+                    tracing::warn!(node = %node.name, "the primary's retries did not come: no failover now");
+                    return None;
+                }
             };
         }
     }

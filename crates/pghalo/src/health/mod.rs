@@ -182,6 +182,10 @@ async fn watch_node(
             return;
         }
         let current = settings.borrow_and_update().clone();
+        // A retry waits out its delay: sessions asking for checks now
+        // (every one that cannot reach the node) must not turn
+        // health_check_retry_delay into no delay at all.
+        let mut retrying = false;
         let wait = match current.node(node.index()).filter(|c| c.enabled()) {
             Some(check) => {
                 let schedule = check.schedule;
@@ -193,11 +197,19 @@ async fn watch_node(
                 let at = SystemTime::now();
                 let started = Instant::now();
                 let outcome = probe::check(check).await;
-                match &outcome {
-                    Ok(_) => failures = 0,
-                    Err(e) if e.kind.means_down() => failures = failures.saturating_add(1),
-                    Err(_) => {}
-                }
+                let down = match &outcome {
+                    Ok(_) => {
+                        failures = 0;
+                        false
+                    }
+                    Err(e) if e.kind.means_down() => {
+                        failures = failures.saturating_add(1);
+                        true
+                    }
+                    // A refused login says nothing about the node: no
+                    // retry, the next check comes at the period.
+                    Err(_) => false,
+                };
                 answered |= outcome.is_ok();
                 let observation = Observation {
                     node,
@@ -209,7 +221,8 @@ async fn watch_node(
                 if observer.send(observation).await.is_err() {
                     return; // The cluster is gone: nobody to tell.
                 }
-                if (1..=schedule.max_retries).contains(&failures) {
+                if down && (1..=schedule.max_retries).contains(&failures) {
+                    retrying = true;
                     Some(schedule.retry_delay)
                 } else if !schedule.period.is_zero() {
                     Some(schedule.period.saturating_sub(started.elapsed()))
@@ -236,7 +249,7 @@ async fn watch_node(
                 }
                 answered = false;
             }
-            () = wake.notified() => {}
+            () = wake.notified(), if !retrying => {}
             _ = shutdown.changed() => {} // Checked at the top of the loop.
         }
         if shutdown.has_changed().is_err() {
@@ -335,6 +348,45 @@ mod tests {
         }
         assert_eq!(s2.nodes[0].checks.average_retries(), 3.0);
         assert!(s.nodes[0].checks.fail >= 4);
+    }
+
+    #[tokio::test]
+    async fn asking_for_checks_now_does_not_cut_the_retry_delay_short() {
+        let port = closed_port();
+        let config = Config::from_str_with_name(
+            &format!(
+                "[streaming_replication]\nsr_check_user = \"monitor\"\nsr_check_password = \"TEXTpw\"\n\
+                 [health_check]\nhealth_check_period = \"1h\"\nhealth_check_max_retries = 2\n\
+                 health_check_retry_delay = \"300ms\"\n\
+                 [[backend]]\nhost = \"127.0.0.1\"\nport = {port}\n"
+            ),
+            "/t.toml",
+        )
+        .unwrap();
+        let cluster = Cluster::start(&config.backends);
+        let settings = MonitorSettings::from_config(&config, &PasswordFile::default()).unwrap();
+        let (_shutdown, watcher) = watch::channel(false);
+        let monitor = ReplicationMonitor::start(settings, cluster.observer(), watcher);
+        let started = Instant::now();
+        // Sessions that cannot reach the node ask for checks all the time.
+        let waker = monitor.waker();
+        let asking = tokio::spawn(async move {
+            loop {
+                waker.check_now();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        cluster
+            .view()
+            .wait_for(Duration::from_secs(5), |s| s.nodes[0].checks.total >= 3)
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        asking.abort();
+        assert!(
+            took >= Duration::from_millis(600),
+            "the check and its 2 retries 300 ms apart took {took:?}"
+        );
     }
 
     #[tokio::test]

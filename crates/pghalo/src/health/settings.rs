@@ -49,7 +49,7 @@ impl CheckSchedule {
 /// Who a check logs in as.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Login {
-    /// Empty = the node is not checked.
+    /// Empty = no checks (validation: then for every node).
     pub user: String,
     pub password: Option<Secret>,
     /// Why there is no password, told with an authentication failure.
@@ -236,7 +236,7 @@ mod tests {
              [[backend]]\nhost = \"a\"\nport = 1\n\
              [[backend]]\nhost = \"b\"\nport = 2\nhealth_check_user = \"checker\"\n\
              health_check_database = \"hc\"\nhealth_check_max_retries = 0\n\
-             [[backend]]\nhost = \"c\"\nport = 3\nhealth_check_user = \"\"\n",
+             [[backend]]\nhost = \"c\"\nport = 3\nhealth_check_user = \"third\"\n",
             "/etc/pghalo/pghalo.toml",
         )
         .unwrap();
@@ -253,9 +253,11 @@ mod tests {
         assert_eq!(second.login.database, "hc");
         assert_eq!(second.schedule.confirmations(), 1);
         assert_eq!(second.target.port, 2);
-        // An empty user: the node is not checked, the others are.
-        assert!(!third.enabled());
-        assert!(s.enabled());
+        // Its own user without a password: that user's pool_passwd entry
+        // (none here), not sr_check_password.
+        assert_eq!(third.login.user, "third");
+        assert_eq!(third.login.password, None);
+        assert!(third.enabled() && s.enabled());
     }
 
     #[test]

@@ -1691,12 +1691,14 @@ impl<'a> Relay<'a> {
             be::CLOSE_COMPLETE => self.pop_if(|e| matches!(e, Expect::Close)),
             be::ROW_DESCRIPTION | be::NO_DATA => self.pop_if(|e| matches!(e, Expect::Describe)),
             be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED => {
-                // The tags only settle statements with session effects
-                // (query_effects): none to keep for a plain query.
+                // The tags only settle a query with session effects
+                // (query_effects), all of its statements then: none to
+                // keep for a plain query.
                 if let (Some(Expect::Query { tags, effects, .. }), Some(message)) =
                     (self.queue.front_mut(), message)
                     && tag == be::COMMAND_COMPLETE
                     && tags.len() < effects.len()
+                    && effects.iter().any(|e| !matches!(e, Effect::Plain))
                     && let Ok(cc) = be::CommandComplete::parse(&message[5..])
                 {
                     tags.push(String::from_utf8_lossy(cc.command()).into_owned());

@@ -112,7 +112,7 @@ impl Routing {
             // request would end on the primary, classified for nothing.
             load_balance: lb.load_balance_mode
                 && config.backends.len() > 1
-                && !sr.sr_check_user.is_empty(),
+                && config.checks_nodes(),
             statement_level: lb.statement_level_load_balance,
             on_write: lb.disable_load_balance_on_write,
             read_your_writes: lb.read_your_writes,
