@@ -43,6 +43,22 @@ impl Stream {
         Stream::Tcp(stream)
     }
 
+    /// Whether the kernel holds a close or unread bytes from the peer.
+    /// Asked of the socket itself: tokio learns of a FIN only when its
+    /// driver next polls, which on a busy runtime can be after an idle
+    /// connection whose server died is handed out again.
+    pub fn closed_or_unread(&self) -> bool {
+        let sock = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Unix(s) => socket2::SockRef::from(s),
+            Stream::TlsServer(t) => socket2::SockRef::from(t.get_ref().0),
+            Stream::TlsClient(t) => socket2::SockRef::from(t.get_ref().0),
+        };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking: nothing to read is WouldBlock.
+        !matches!(sock.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Only TCP carries TLS: PostgreSQL answers 'N' to an SSLRequest on a
     /// Unix socket, and libpq never sends one there.
     pub fn can_start_tls(&self) -> bool {
@@ -227,5 +243,32 @@ pub async fn read_message<S: AsyncRead + Unpin>(
                 ReadError::Truncated
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_that_closed_or_spoke_is_seen_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = Stream::tcp(TcpStream::connect(addr).await.unwrap());
+        let (mut peer, _) = listener.accept().unwrap();
+        assert!(!stream.closed_or_unread(), "an idle, open connection");
+
+        peer.write_all(b"E").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(stream.closed_or_unread(), "a byte nobody asked for");
+
+        let other = Stream::tcp(TcpStream::connect(addr).await.unwrap());
+        let (peer2, _) = listener.accept().unwrap();
+        drop(peer2);
+        // No await between the close and the question: tokio's driver has
+        // not run, only the kernel knows.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(other.closed_or_unread(), "a closed peer");
     }
 }

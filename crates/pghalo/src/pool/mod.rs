@@ -331,7 +331,7 @@ fn expired(conn: &ServerConnection, settings: &PoolSettings) -> bool {
 /// went away (restart, idle_session_timeout), anything else means it is out
 /// of step. Either way it must not be used.
 fn still_open(conn: &mut ServerConnection) -> bool {
-    if !conn.read_buf.is_empty() {
+    if !conn.read_buf.is_empty() || conn.stream().closed_or_unread() {
         return false;
     }
     // One read attempt that must not wait (not even for a timer tick):
