@@ -310,24 +310,27 @@ mod tests {
         }
     }
 
+    /// The monitor of the nodes in `text` (a whole configuration), with
+    /// its cluster and the sender of its shutdown signal.
+    fn monitored(text: &str) -> (Cluster, ReplicationMonitor, watch::Sender<bool>) {
+        let config = Config::from_str_with_name(text, "/t.toml").unwrap();
+        let cluster = Cluster::start(&config.backends);
+        let settings = MonitorSettings::from_config(&config, &PasswordFile::default()).unwrap();
+        let (shutdown, watcher) = watch::channel(false);
+        let monitor = ReplicationMonitor::start(settings, cluster.observer(), watcher);
+        (cluster, monitor, shutdown)
+    }
+
     #[tokio::test]
     async fn a_failed_check_is_retried_max_retries_times_then_waits_for_the_period() {
         let (port, other) = (closed_port(), closed_port());
-        let config = Config::from_str_with_name(
-            &format!(
-                "[streaming_replication]\nsr_check_user = \"monitor\"\nsr_check_password = \"TEXTpw\"\n\
-                 [health_check]\nhealth_check_period = \"1h\"\nhealth_check_max_retries = 1\n\
-                 health_check_retry_delay = \"50ms\"\n\
-                 [[backend]]\nhost = \"127.0.0.1\"\nport = {port}\nhealth_check_max_retries = 3\n\
-                 [[backend]]\nhost = \"127.0.0.1\"\nport = {other}\n"
-            ),
-            "/t.toml",
-        )
-        .unwrap();
-        let cluster = Cluster::start(&config.backends);
-        let settings = MonitorSettings::from_config(&config, &PasswordFile::default()).unwrap();
-        let (_shutdown, watcher) = watch::channel(false);
-        let _monitor = ReplicationMonitor::start(settings, cluster.observer(), watcher);
+        let (cluster, _monitor, _shutdown) = monitored(&format!(
+            "[streaming_replication]\nsr_check_user = \"monitor\"\nsr_check_password = \"TEXTpw\"\n\
+             [health_check]\nhealth_check_period = \"1h\"\nhealth_check_max_retries = 1\n\
+             health_check_retry_delay = \"50ms\"\n\
+             [[backend]]\nhost = \"127.0.0.1\"\nport = {port}\nhealth_check_max_retries = 3\n\
+             [[backend]]\nhost = \"127.0.0.1\"\nport = {other}\n"
+        ));
         let s = cluster
             .view()
             .wait_for(Duration::from_secs(5), |s| {
@@ -352,21 +355,13 @@ mod tests {
 
     #[tokio::test]
     async fn asking_for_checks_now_does_not_cut_the_retry_delay_short() {
-        let port = closed_port();
-        let config = Config::from_str_with_name(
-            &format!(
-                "[streaming_replication]\nsr_check_user = \"monitor\"\nsr_check_password = \"TEXTpw\"\n\
-                 [health_check]\nhealth_check_period = \"1h\"\nhealth_check_max_retries = 2\n\
-                 health_check_retry_delay = \"300ms\"\n\
-                 [[backend]]\nhost = \"127.0.0.1\"\nport = {port}\n"
-            ),
-            "/t.toml",
-        )
-        .unwrap();
-        let cluster = Cluster::start(&config.backends);
-        let settings = MonitorSettings::from_config(&config, &PasswordFile::default()).unwrap();
-        let (_shutdown, watcher) = watch::channel(false);
-        let monitor = ReplicationMonitor::start(settings, cluster.observer(), watcher);
+        let (cluster, monitor, _shutdown) = monitored(&format!(
+            "[streaming_replication]\nsr_check_user = \"monitor\"\nsr_check_password = \"TEXTpw\"\n\
+             [health_check]\nhealth_check_period = \"1h\"\nhealth_check_max_retries = 2\n\
+             health_check_retry_delay = \"300ms\"\n\
+             [[backend]]\nhost = \"127.0.0.1\"\nport = {}\n",
+            closed_port()
+        ));
         let started = Instant::now();
         // Sessions that cannot reach the node ask for checks all the time.
         let waker = monitor.waker();
