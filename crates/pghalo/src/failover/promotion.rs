@@ -87,15 +87,8 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string());
         };
-        let line = self
-            .placeholders(old, candidate, old)
-            .map(|p| command::expand(template, &p))
-            .ok_or_else(|| "a node is missing from the configuration".to_owned())?;
-        tracing::info!(command = %line, "running failover_command");
-        match command::run(&line, limit).await {
-            Ok(output) => tracing::info!(output = %output.trim(), "failover_command succeeded"),
-            Err(e) => return Err(format!("failover_command {line:?}: {e}")),
-        }
+        self.run_command("failover_command", template, (old, candidate, old), limit)
+            .await?;
         control
             .wait_out_of_recovery(target, limit)
             .await
@@ -125,17 +118,13 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string());
         };
-        let line = self
-            .placeholders(standby, new, old)
-            .map(|p| command::expand(template, &p))
-            .ok_or_else(|| "a node is missing from the configuration".to_owned())?;
-        tracing::info!(command = %line, "running follow_primary_command");
-        match command::run(&line, limit).await {
-            Ok(output) => {
-                tracing::info!(output = %output.trim(), "follow_primary_command succeeded");
-            }
-            Err(e) => return Err(format!("follow_primary_command {line:?}: {e}")),
-        }
+        self.run_command(
+            "follow_primary_command",
+            template,
+            (standby, new, old),
+            limit,
+        )
+        .await?;
         self.waker.check_now();
         self.view
             .wait_for(limit, |s| {
@@ -154,6 +143,28 @@ impl Worker {
                     target.name, primary.name
                 )
             })
+    }
+
+    /// Runs the operator's `what` (failover_command or
+    /// follow_primary_command), its placeholders filled for `(node, new,
+    /// old)`, within `limit`; Err says why it did not succeed.
+    async fn run_command(
+        &self,
+        what: &str,
+        template: &str,
+        (node, new, old): (NodeId, NodeId, NodeId),
+        limit: std::time::Duration,
+    ) -> Result<(), String> {
+        let line = self
+            .placeholders(node, new, old)
+            .map(|p| command::expand(template, &p))
+            .ok_or_else(|| "a node is missing from the configuration".to_owned())?;
+        tracing::info!(command = %line, "running {what}");
+        let output = command::run(&line, limit)
+            .await
+            .map_err(|e| format!("{what} {line:?}: {e}"))?;
+        tracing::info!(output = %output.trim(), "{what} succeeded");
+        Ok(())
     }
 
     fn placeholders(&self, node: NodeId, new: NodeId, old: NodeId) -> Option<Placeholders> {
