@@ -95,6 +95,9 @@ class Settings:
         self.warmup = env_int("BENCH_WARMUP", 3, 0, 600)
         self.keep = os.environ.get("BENCH_KEEP", "0") == "1"
         self.diag = os.environ.get("BENCH_DIAG", "1") != "0"
+        self.pin = os.environ.get("BENCH_PIN", "0") == "1"
+        if self.pin and (os.cpu_count() or 1) < 2:
+            raise SystemExit("bench: BENCH_PIN=1 needs at least 2 CPUs")
         self.diag_seconds = env_int("BENCH_DIAG_SECONDS", 5, 1, 600)
         wanted = os.environ.get("BENCH_TARGETS", "").split()
         unknown = [t for t in wanted if t not in ALL_TARGETS]
@@ -224,6 +227,59 @@ def group_cpu_ticks(pgids: list[int]) -> int:
         if int(fields[2]) in wanted:
             total += int(fields[11]) + int(fields[12])
     return total
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` onto `cpus`; threads and children it starts
+    later inherit the mask."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass  # the thread ended meanwhile
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+SERVER_CPUS = {0}
+
+
+def proxy_cpus() -> set[int]:
+    return set(range(1, os.cpu_count() or 2))
+
+
+def pin_processes(lab: Lab, targets) -> str:
+    """BENCH_PIN=1: PostgreSQL (every node) and pgbench on CPU 0, every
+    proxy on the other CPUs, so a proxy's CPU does not come out of the
+    database's and the client's, as on a host where the proxy has cores
+    of its own. Direct runs get CPU 0 alone too."""
+    for node in lab.status().get("nodes", []):
+        postmaster = node.get("pid")
+        if postmaster:
+            for pid in [postmaster, *children_of(postmaster)]:
+                pin_process(pid, SERVER_CPUS)
+    for t in targets:
+        for pid in group_pids(t.pgids):
+            pin_process(pid, proxy_cpus())
+    others = sorted(proxy_cpus())
+    shown = str(others[0]) if len(others) == 1 else f"{others[0]}-{others[-1]}"
+    return f"PostgreSQL and pgbench on CPU 0, each proxy on CPU {shown}"
 
 
 # ---------------------------------------------------------------- targets
@@ -532,8 +588,9 @@ LAT_RE = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
 
 
 class Runner:
-    def __init__(self, pgbench: str, lab: Lab):
+    def __init__(self, pgbench: str, lab: Lab, pin: bool = False):
         self.pgbench = pgbench
+        self.pin = pin
         self.env = {
             **os.environ,
             "PGPASSFILE": str(lab.dir / "pgpass"),
@@ -559,7 +616,9 @@ class Runner:
         t0 = time.monotonic()
         try:
             done = subprocess.run(argv, capture_output=True, text=True, env=self.env,
-                                  timeout=seconds + 60)
+                                  timeout=seconds + 60,
+                                  preexec_fn=((lambda: os.sched_setaffinity(0, SERVER_CPUS))
+                                              if self.pin else None))
         except subprocess.TimeoutExpired:
             return {"tps": None, "error": f"pgbench did not finish within {seconds + 60}s"}
         wall = time.monotonic() - t0
@@ -797,6 +856,8 @@ def print_report(results: dict, settings: list[Setting], targets: dict, checks: 
           f"-j 2, scale {meta['scale']}, pool size {meta['pool_size']}; "
           f"{meta['cpus']} CPUs, load average {meta['loadavg_at_start']:.2f} at start; "
           f"tps (higher is better)")
+    if meta.get("pinned"):
+        print(f"pinned (BENCH_PIN=1): {meta['pinned']}; the targets are set for unpinned runs")
     print("setting".ljust(22) + "".join(n.rjust(width) for n in names))
     for s in settings:
         row = results.get(s.key, {})
@@ -960,6 +1021,8 @@ def print_routing_report(settings: list[Setting], results: dict, targets: dict,
           f"{', '.join(n['name'] for n in nodes[1:])} standbys), weight 1 each; pgbench "
           f"{meta['seconds']}s per run, median of {meta['repeat']}, -j 2, scale {meta['scale']}; "
           f"{meta['cpus']} CPUs, load average {meta['loadavg_at_routing']:.2f} at start")
+    if meta.get("pinned"):
+        print(f"pinned (BENCH_PIN=1): {meta['pinned']}")
     for n in names:
         t = targets[n]
         print(f"  {n:<22}{t.description if t.available else 'UNAVAILABLE: ' + t.note}")
@@ -1131,7 +1194,7 @@ def run(session: Session, cfg: Settings) -> int:
     pgbench = find_tool("pgbench", os.path.join(lab.pg_bin, "pgbench"))
     if not pgbench:
         raise RuntimeError("no pgbench (Debian: postgresql-15 / postgresql-contrib)")
-    runner = Runner(pgbench, lab)
+    runner = Runner(pgbench, lab, pin=cfg.pin)
 
     log(f"pgbench -i -s {cfg.scale} on node0 ({HOST}:{node0})")
     init = subprocess.run([pgbench, "-i", "-q", "-s", str(cfg.scale), "-h", HOST, "-p", str(node0),
@@ -1241,6 +1304,10 @@ def run(session: Session, cfg: Settings) -> int:
         log(f"target {t.name:<20} {'port ' + str(t.port) if t.available else 'UNAVAILABLE'}  "
             f"{t.description or t.note}")
 
+    pinned = None
+    if cfg.pin:
+        pinned = pin_processes(lab, [t for t in targets.values() if t.available])
+        log(f"pinned: {pinned}")
     load_at_start = loadavg()
     settings: list[Setting] = []
     results: dict = {}
@@ -1280,6 +1347,7 @@ def run(session: Session, cfg: Settings) -> int:
         "loadavg_at_end": loadavg(),
         "sections": cfg.sections,
         "backends": len(nodes),
+        "pinned": pinned,
     }
     if proxy_section and active:
         print_report(results, settings, targets, checks, meta)

@@ -361,8 +361,11 @@ impl Proxy {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, addr)) => {
-                        let proxy = self.clone();
-                        tokio::spawn(proxy.handle(Stream::tcp(socket), Peer::Tcp(addr)));
+                        // Boxed: tokio moves a task's future several times
+                        // while spawning and finishing it, and a session's
+                        // future is kilobytes.
+                        let session = self.clone().handle(Stream::tcp(socket), Peer::Tcp(addr));
+                        tokio::spawn(Box::pin(session));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -385,8 +388,8 @@ impl Proxy {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, _)) => {
-                        let proxy = self.clone();
-                        tokio::spawn(proxy.handle(Stream::Unix(socket), Peer::Unix));
+                        let session = self.clone().handle(Stream::Unix(socket), Peer::Unix);
+                        tokio::spawn(Box::pin(session));
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
