@@ -131,7 +131,8 @@ pub async fn authenticate(
             tls: tls.encrypted,
         },
     };
-    let host = describe_host(peer, &user, &database, tls.encrypted);
+    // Only refusals quote it: formatted then, not for every client.
+    let host = || describe_host(peer, &user, &database, tls.encrypted);
     let Some(rule) = files.hba.find(&HbaRequest {
         conn,
         database: &database,
@@ -140,7 +141,7 @@ pub async fn authenticate(
         tracing::warn!(%user, %database, %peer, "rejected: no pool_hba.conf entry");
         return Err(ClientError::fatal(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("no pool_hba.conf entry for {host}"),
+            format!("no pool_hba.conf entry for {}", host()),
         ));
     };
     if rule.method != AuthMethod::Reject {
@@ -159,7 +160,7 @@ pub async fn authenticate(
             tracing::warn!(%user, %database, %peer, line = rule.line, "rejected by pool_hba.conf");
             return Err(ClientError::fatal(
                 SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                format!("pool_hba.conf rejects connection for {host}"),
+                format!("pool_hba.conf rejects connection for {}", host()),
             ));
         }
         AuthMethod::Password => exchange.cleartext(&user, stored, peer).await?,

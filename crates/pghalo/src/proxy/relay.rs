@@ -1631,27 +1631,30 @@ impl<'a> Relay<'a> {
         result
     }
 
+    /// Messages are handled where they lie in `input`, which is advanced
+    /// once at the end: no per-message buffer split on the hot path.
     fn server_messages(&mut self, input: &mut BytesMut) -> Result<(), End> {
-        loop {
+        let mut at = 0;
+        let result = loop {
             if self.server_skip > 0 {
-                let n = self.server_skip.min(input.len());
-                self.cout.extend_from_slice(&input[..n]);
-                input.advance(n);
+                let n = self.server_skip.min(input.len() - at);
+                self.cout.extend_from_slice(&input[at..at + n]);
+                at += n;
                 self.server_skip -= n;
                 if self.server_skip > 0 {
-                    return Ok(());
+                    break Ok(());
                 }
             }
             if self.cout.len() >= HIGH_WATER {
-                return Ok(());
+                break Ok(());
             }
-            let Some(header) = input.get(..5) else {
-                return Ok(());
+            let Some(header) = input.get(at..at + 5) else {
+                break Ok(());
             };
             let tag = header[0];
             let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
             if len < 4 {
-                return Err(End::ServerGone);
+                break Err(End::ServerGone);
             }
             let total = 1 + len as usize;
             if !SERVER_WHOLE.contains(&tag) {
@@ -1659,19 +1662,21 @@ impl<'a> Relay<'a> {
                 self.server_skip = total;
                 continue;
             }
-            if input.len() < total {
-                return Ok(());
-            }
-            let message = input.split_to(total).freeze();
-            self.server_event(tag, Some(&message));
-        }
+            let Some(message) = input.get(at..at + total) else {
+                break Ok(());
+            };
+            self.server_event(tag, Some(message));
+            at += total;
+        };
+        input.advance(at);
+        result
     }
 
     /// Advances the reply queue for one server message and passes the
     /// message on (or not). `message` is whole for the kinds in
     /// SERVER_WHOLE; for the others only the tag is known and the bytes are
     /// streamed by the caller.
-    fn server_event(&mut self, tag: u8, message: Option<&Bytes>) {
+    fn server_event(&mut self, tag: u8, message: Option<&[u8]>) {
         let mut forward = true;
         match tag {
             be::PARSE_COMPLETE => {
@@ -1797,6 +1802,9 @@ impl<'a> Relay<'a> {
     /// COMMIT keeps the session SETs made in the transaction, ROLLBACK
     /// drops them, as the server does.
     fn note_transaction_end(&mut self, body: &[u8]) {
+        if self.pending_effects.is_empty() {
+            return; // COMMIT and ROLLBACK would both leave nothing to settle
+        }
         let Ok(cc) = be::CommandComplete::parse(body) else {
             return;
         };
