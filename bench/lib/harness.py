@@ -96,8 +96,8 @@ class Settings:
         self.keep = os.environ.get("BENCH_KEEP", "0") == "1"
         self.diag = os.environ.get("BENCH_DIAG", "1") != "0"
         self.pin = os.environ.get("BENCH_PIN", "0") == "1"
-        if self.pin and (os.cpu_count() or 1) < 2:
-            raise SystemExit("bench: BENCH_PIN=1 needs at least 2 CPUs")
+        if self.pin and len(os.sched_getaffinity(0)) < 2:
+            raise SystemExit("bench: BENCH_PIN=1 needs at least 2 CPUs this process may use")
         self.diag_seconds = env_int("BENCH_DIAG_SECONDS", 5, 1, 600)
         wanted = os.environ.get("BENCH_TARGETS", "").split()
         unknown = [t for t in wanted if t not in ALL_TARGETS]
@@ -229,18 +229,22 @@ def group_cpu_ticks(pgids: list[int]) -> int:
     return total
 
 
-def pin_process(pid: int, cpus: set[int]) -> None:
+def pin_process(pid: int, cpus: set[int]) -> int:
     """Every thread of `pid` onto `cpus`; threads and children it starts
-    later inherit the mask."""
+    later inherit the mask. Returns how many threads refused."""
     try:
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
-        return
+        return 0  # the process ended meanwhile
+    refused = 0
     for tid in tids:
         try:
             os.sched_setaffinity(tid, cpus)
-        except OSError:
+        except ProcessLookupError:
             pass  # the thread ended meanwhile
+        except OSError:
+            refused += 1
+    return refused
 
 
 def children_of(pid: int) -> list[int]:
@@ -257,11 +261,13 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-SERVER_CPUS = {0}
+def server_cpus() -> set[int]:
+    """The first CPU this process may use (a container may not allow 0)."""
+    return {min(os.sched_getaffinity(0))}
 
 
 def proxy_cpus() -> set[int]:
-    return set(range(1, os.cpu_count() or 2))
+    return os.sched_getaffinity(0) - server_cpus()
 
 
 def pin_processes(lab: Lab, targets) -> str:
@@ -269,17 +275,21 @@ def pin_processes(lab: Lab, targets) -> str:
     proxy on the other CPUs, so a proxy's CPU does not come out of the
     database's and the client's, as on a host where the proxy has cores
     of its own. Direct runs get CPU 0 alone too."""
+    failed = 0
     for node in lab.status().get("nodes", []):
         postmaster = node.get("pid")
         if postmaster:
             for pid in [postmaster, *children_of(postmaster)]:
-                pin_process(pid, SERVER_CPUS)
+                failed += pin_process(pid, server_cpus())
     for t in targets:
         for pid in group_pids(t.pgids):
-            pin_process(pid, proxy_cpus())
+            failed += pin_process(pid, proxy_cpus())
+    if failed:
+        raise SystemExit(f"bench: BENCH_PIN=1: {failed} threads could not be pinned")
+    server = min(server_cpus())
     others = sorted(proxy_cpus())
-    shown = str(others[0]) if len(others) == 1 else f"{others[0]}-{others[-1]}"
-    return f"PostgreSQL and pgbench on CPU 0, each proxy on CPU {shown}"
+    shown = ("CPU " if len(others) == 1 else "CPUs ") + ",".join(map(str, others))
+    return f"PostgreSQL and pgbench on CPU {server}, each proxy on {shown}"
 
 
 # ---------------------------------------------------------------- targets
@@ -617,10 +627,13 @@ class Runner:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, env=self.env,
                                   timeout=seconds + 60,
-                                  preexec_fn=((lambda: os.sched_setaffinity(0, SERVER_CPUS))
+                                  preexec_fn=((lambda cpus=server_cpus():
+                                               os.sched_setaffinity(0, cpus))
                                               if self.pin else None))
         except subprocess.TimeoutExpired:
             return {"tps": None, "error": f"pgbench did not finish within {seconds + 60}s"}
+        except (OSError, subprocess.SubprocessError) as e:
+            return {"tps": None, "error": f"pgbench could not start: {e}"}
         wall = time.monotonic() - t0
         cpu = (group_cpu_ticks(target.pgids) - cpu0) / os.sysconf("SC_CLK_TCK")
         out = done.stdout
