@@ -360,6 +360,13 @@ impl ServerConnection {
     /// Runs `sql` like [`execute`](Self::execute) and returns the first
     /// column of its first row as text (None: no row, or NULL).
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        // Boxed: a session runs it a few times (its settings, its reset),
+        // and inline its future would make every session's future, idle
+        // clients' included, that much larger.
+        Box::pin(self.run_query(sql)).await
+    }
+
+    async fn run_query(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
         let mut value = None;
         let mut out = BytesMut::new();
         frontend::write_query(&mut out, sql).map_err(|e| self.protocol(e))?;

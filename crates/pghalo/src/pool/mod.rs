@@ -180,13 +180,15 @@ impl Pools {
                 settings,
             });
         }
-        let conn = ServerConnection::connect(
+        // Boxed: dialing and logging in is a large future that only this
+        // path needs; inline, every session's future would carry its size.
+        let conn = Box::pin(ServerConnection::connect(
             addr,
             &key.user,
             &key.database,
             credentials,
             settings.connect_timeout,
-        )
+        ))
         .await?;
         Ok(PooledConnection {
             conn: Some(conn),
