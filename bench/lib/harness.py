@@ -196,37 +196,33 @@ def loadavg() -> float:
         return -1.0
 
 
-def group_pids(pgids: list[int]) -> list[int]:
-    """Every process in these process groups (pgpool's children too)."""
-    wanted, pids = set(pgids), []
+def proc_stats():
+    """(pid, fields of /proc/<pid>/stat after the command name) of every
+    process; fields[1] is the parent, [2] the process group, [11] and [12]
+    utime and stime."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
-        if int(fields[2]) in wanted:
-            pids.append(int(entry.name))
-    return pids
+            continue  # the process ended meanwhile
+        yield int(entry.name), fields
+
+
+def group_pids(pgids: list[int]) -> list[int]:
+    """Every process in these process groups (pgpool's children too)."""
+    wanted = set(pgids)
+    return [pid for pid, fields in proc_stats() if int(fields[2]) in wanted]
 
 
 def group_cpu_ticks(pgids: list[int]) -> int:
     """utime + stime of every process in these process groups."""
     if not pgids:
         return 0
-    total = 0
     wanted = set(pgids)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) in wanted:
-            total += int(fields[11]) + int(fields[12])
-    return total
+    return sum(int(fields[11]) + int(fields[12])
+               for _, fields in proc_stats() if int(fields[2]) in wanted)
 
 
 def pin_process(pid: int, cpus: set[int]) -> int:
@@ -247,18 +243,8 @@ def pin_process(pid: int, cpus: set[int]) -> int:
     return refused
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return out
+def children_of(parent: int) -> list[int]:
+    return [pid for pid, fields in proc_stats() if int(fields[1]) == parent]
 
 
 def server_cpus() -> set[int]:
