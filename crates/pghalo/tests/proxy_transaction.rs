@@ -281,3 +281,209 @@ async fn pipelines_keep_their_connection_until_answered() {
         task.await.unwrap();
     }
 }
+
+async fn show(client: &tokio_postgres::Client, name: &str) -> String {
+    client
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A SET in a transaction block is kept when the block commits, whichever
+/// way the COMMIT comes (its own Query, or Parse/Bind/Execute), and when a
+/// ROLLBACK TO a later savepoint leaves it standing; either way it stays
+/// with its client. DISCARD PLANS leaves the settings alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_committed_set_stays_with_its_client_only() {
+    let (_daemon, config) = transaction_proxy("tx-set-commit", 1).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let setter = pg_connect(&info).await.unwrap();
+    let other = pg_connect(&info).await.unwrap();
+
+    for statement in ["BEGIN", "SET work_mem = '7MB'", "COMMIT"] {
+        setter.simple_query(statement).await.unwrap();
+    }
+    assert_eq!(
+        show(&other, "work_mem").await,
+        "4MB",
+        "a committed SET reached another client"
+    );
+    assert_eq!(show(&setter, "work_mem").await, "7MB");
+
+    for statement in ["BEGIN", "SET work_mem = '6MB'", "COMMIT"] {
+        setter.execute(statement, &[]).await.unwrap();
+    }
+    assert_eq!(
+        show(&other, "work_mem").await,
+        "4MB",
+        "a SET committed by Execute reached another client"
+    );
+    assert_eq!(show(&setter, "work_mem").await, "6MB");
+
+    for statement in [
+        "BEGIN",
+        "SET work_mem = '5MB'",
+        "SAVEPOINT p",
+        "SELECT 1",
+        "ROLLBACK TO SAVEPOINT p",
+        "COMMIT",
+    ] {
+        setter.simple_query(statement).await.unwrap();
+    }
+    assert_eq!(
+        show(&other, "work_mem").await,
+        "4MB",
+        "a SET kept past a ROLLBACK TO reached another client"
+    );
+    assert_eq!(show(&setter, "work_mem").await, "5MB");
+
+    setter.simple_query("DISCARD PLANS").await.unwrap();
+    assert_eq!(
+        show(&other, "work_mem").await,
+        "4MB",
+        "DISCARD PLANS let a SET reach another client"
+    );
+    assert_eq!(show(&setter, "work_mem").await, "5MB");
+}
+
+/// DEALLOCATE ALL and DISCARD ALL drop every prepared statement of the
+/// server session, pghalo's shared ones included: a client that prepares
+/// the same statement next gets it prepared again, and the client that
+/// ran them loses its own statements, as with PostgreSQL.
+#[tokio::test(flavor = "multi_thread")]
+async fn deallocate_all_and_discard_all_leave_prepared_statements_working() {
+    let (_daemon, config) = transaction_proxy("tx-deallocate", 1).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let keeper = pg_connect(&info).await.unwrap();
+    let resetter = pg_connect(&info).await.unwrap();
+    let kept = keeper.prepare("SELECT $1::int4 + 1").await.unwrap();
+    for reset in ["DEALLOCATE ALL", "DISCARD ALL", "DEALLOCATE PREPARE ALL"] {
+        assert_eq!(
+            keeper
+                .query_one(&kept, &[&1])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            2
+        );
+        let own = resetter.prepare("SELECT $1::int4 + 1").await.unwrap();
+        assert_eq!(
+            resetter
+                .query_one(&own, &[&2])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            3
+        );
+        resetter.simple_query(reset).await.unwrap();
+        let gone = resetter.query_one(&own, &[&2]).await.unwrap_err();
+        assert_eq!(
+            gone.as_db_error().map(|e| e.code().code()),
+            Some("26000"),
+            "{reset}: {gone:?}"
+        );
+        let again = resetter.prepare("SELECT $1::int4 + 1").await.unwrap();
+        assert_eq!(
+            resetter
+                .query_one(&again, &[&4])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            5,
+            "{reset}"
+        );
+        assert_eq!(
+            keeper
+                .query_one(&kept, &[&5])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            6,
+            "{reset}"
+        );
+    }
+}
+
+/// COPY FROM STDIN over the extended protocol (tokio-postgres; libpq with
+/// parameters): the server ignores the Sync sent with the Execute, so one
+/// ReadyForQuery answers two Syncs. The connection still goes back to the
+/// pool after the COPY, good or failed, and replies keep matching.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_in_over_the_extended_protocol_releases_its_connection() {
+    use futures_util::SinkExt;
+    let (_daemon, config) = transaction_proxy("tx-copy-in", 1).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let copier = pg_connect(&info).await.unwrap();
+    let other = pg_connect(&info).await.unwrap();
+    copier
+        .batch_execute("DROP TABLE IF EXISTS tx_copy_in; CREATE TABLE tx_copy_in (n int)")
+        .await
+        .unwrap();
+    let limit = std::time::Duration::from_secs(10);
+    for round in 0..3i32 {
+        let sink = copier
+            .copy_in::<_, bytes::Bytes>("COPY tx_copy_in FROM STDIN")
+            .await
+            .unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(format!("{round}\n{round}\n")))
+            .await
+            .unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 2);
+
+        let bad = copier
+            .copy_in::<_, bytes::Bytes>("COPY tx_copy_in FROM STDIN")
+            .await
+            .unwrap();
+        futures_util::pin_mut!(bad);
+        let refused = match bad.send(bytes::Bytes::from_static(b"not a number\n")).await {
+            Err(e) => e,
+            Ok(()) => bad.finish().await.unwrap_err(),
+        };
+        assert_eq!(
+            refused.as_db_error().map(|e| e.code().code()),
+            Some("22P02"),
+            "{refused:?}"
+        );
+
+        let count = tokio::time::timeout(
+            limit,
+            other.query_one("SELECT count(*)::int4 FROM tx_copy_in", &[]),
+        )
+        .await
+        .expect("the COPY kept the only server connection")
+        .unwrap();
+        assert_eq!(count.get::<_, i32>(0), 2 * (round + 1));
+        let echo = tokio::time::timeout(limit, copier.query_one("SELECT $1::int4", &[&round]))
+            .await
+            .expect("the copier's next query got no answer")
+            .unwrap();
+        assert_eq!(echo.get::<_, i32>(0), round);
+    }
+}
+
+/// A SET counts when it runs, not when it is prepared: one whose Execute
+/// fails (prepared fine, then refused by the server) is not replayed on
+/// the client's next server connection, where it would fail again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_that_fails_when_run_is_not_replayed() {
+    let (_daemon, config) = transaction_proxy("tx-set-fails", 1).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let setter = pg_connect(&info).await.unwrap();
+    let other = pg_connect(&info).await.unwrap();
+    setter.execute("SET work_mem = '3MB'", &[]).await.unwrap();
+    let refused = setter
+        .execute("SET TIME ZONE 'No/Such_Zone'", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("22023"),
+        "{refused:?}"
+    );
+    for _ in 0..2 {
+        assert_eq!(show(&other, "work_mem").await, "4MB");
+        assert_eq!(show(&setter, "work_mem").await, "3MB");
+    }
+}

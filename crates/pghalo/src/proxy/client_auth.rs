@@ -153,6 +153,7 @@ pub async fn authenticate(
         stream,
         buf,
         decoder: Decoder::new(MAX_AUTH_MESSAGE),
+        outcome: BytesMut::new(),
     };
     let credentials = match method {
         AuthMethod::Trust => credentials_from(stored),
@@ -173,10 +174,15 @@ pub async fn authenticate(
         // The certificate was required above; its name is checked below.
         AuthMethod::Cert => credentials_from(stored),
     };
-    if rule.clientcert == Some(ClientCert::VerifyFull) {
-        check_certificate_name(rule, tls, &user, peer)?;
+    let mut ok = std::mem::take(&mut exchange.outcome);
+    if rule.clientcert == Some(ClientCert::VerifyFull)
+        && let Err(refused) = check_certificate_name(rule, tls, &user, peer)
+    {
+        // As PostgreSQL: the SCRAM exchange completes, then the refusal.
+        exchange.send(&ok).await?;
+        return Err(refused);
     }
-    let mut ok = BytesMut::new();
+    // SCRAM's last message and AuthenticationOk leave in one write.
     be::write_authentication_ok(&mut ok);
     exchange.send(&ok).await?;
     Ok(Authenticated {
@@ -302,6 +308,9 @@ struct Exchange<'a> {
     stream: &'a mut Stream,
     buf: &'a mut BytesMut,
     decoder: Decoder,
+    /// The method's last word after a proof checked out (SCRAM's
+    /// server-final message), held back to go out with AuthenticationOk.
+    outcome: BytesMut,
 }
 
 impl Exchange<'_> {
@@ -442,10 +451,8 @@ impl Exchange<'_> {
         let (authenticated, server_final) = server
             .handle_client_final(response.data)
             .map_err(|e| scram_failure(user, peer, &e))?;
-        out.clear();
-        be::write_authentication_sasl_final(&mut out, &server_final)
+        be::write_authentication_sasl_final(&mut self.outcome, &server_final)
             .map_err(|e| ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string()))?;
-        self.send(&out).await?;
         Ok(match plain {
             Some(password) => BackendCredentials::Password(password),
             None => BackendCredentials::Scram(authenticated.backend_credentials()),

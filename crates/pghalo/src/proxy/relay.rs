@@ -42,6 +42,10 @@ use crate::router::Classification;
 /// it: memory stays bounded whatever the peers do.
 const HIGH_WATER: usize = 256 * 1024;
 
+/// A server connection's `applied_settings` when nobody knows them: no
+/// client's fingerprint (0 or odd) equals it, so the next one resets.
+const SETTINGS_UNKNOWN: u64 = 2;
+
 /// The first read of a quiet client: most requests fit.
 const SMALL_READ: usize = 1024;
 
@@ -78,7 +82,11 @@ enum Expect {
     /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
     Execute,
     Close,
-    Sync,
+    /// ReadyForQuery; `effects` are those of the statements the segment it
+    /// ends ran, settled by that ReadyForQuery and no other.
+    Sync {
+        effects: Vec<Effect>,
+    },
     /// Answered by the relay, in turn.
     Synthetic(Bytes),
 }
@@ -166,7 +174,10 @@ impl ClientSettings {
                 self.sets.clear();
                 self.startup.clear();
             }
-            Effect::Plain | Effect::Refuse(_) => {}
+            Effect::Plain
+            | Effect::Refuse(_)
+            | Effect::DeallocateAll
+            | Effect::RollbackToSavepoint => {}
         }
     }
 }
@@ -214,10 +225,23 @@ pub(super) struct Relay<'a> {
     skip_until_sync: bool,
     /// An error was seen since the last Sync.
     pipeline_failed: bool,
-    /// Effects of statements parsed since the last Sync.
+    /// Effects of statements bound since the last Sync.
     pipeline_effects: Vec<Effect>,
+    /// Effects of the unnamed statement, counted at each Bind of it.
+    unnamed_effects: Vec<Effect>,
     /// Session SETs made inside the open transaction: kept on COMMIT.
     pending_effects: Vec<Effect>,
+    /// `settings` changed since the last ReadyForQuery.
+    settings_touched: bool,
+    /// A ROLLBACK tag was seen; the next ReadyForQuery tells whether it
+    /// ended the transaction or went back to a savepoint.
+    rollback_seen: bool,
+    /// A ROLLBACK TO SAVEPOINT may have undone SETs still counted as
+    /// pending: the server's settings are not known for sure.
+    settings_uncertain: bool,
+    /// The server is in copy-in mode for an extended-protocol COPY and
+    /// ignores Sync until CopyDone or CopyFail.
+    copy_in_extended: bool,
     tx_status: u8,
     statements: HashMap<String, ClientStatement>,
     /// The server's last word was a FATAL: the client has been told why
@@ -328,7 +352,12 @@ impl<'a> Relay<'a> {
             skip_until_sync: false,
             pipeline_failed: false,
             pipeline_effects: Vec::new(),
+            unnamed_effects: Vec::new(),
             pending_effects: Vec::new(),
+            settings_touched: false,
+            rollback_seen: false,
+            settings_uncertain: false,
+            copy_in_extended: false,
             tx_status: b'I',
             statements: HashMap::new(),
             server_fatal: false,
@@ -1300,7 +1329,11 @@ impl<'a> Relay<'a> {
                     return Ok(());
                 }
                 self.route.note_effects(&list);
-                if !self.transaction_mode() && list.iter().any(|e| matches!(e, Effect::Discard)) {
+                if !self.transaction_mode()
+                    && list
+                        .iter()
+                        .any(|e| matches!(e, Effect::Discard | Effect::DeallocateAll))
+                {
                     self.release_parked = true;
                 }
                 self.sout.extend_from_slice(&message);
@@ -1359,12 +1392,21 @@ impl<'a> Relay<'a> {
                 self.sout.extend_from_slice(&message);
                 self.queue.push_back(Expect::Execute);
             }
+            fe::SYNC if self.copy_in_extended => {
+                // The server ignores it in copy-in mode: nothing answers it.
+                self.sout.extend_from_slice(&message);
+            }
             fe::SYNC => {
                 self.server_discarding = false;
                 self.unsynced = false;
                 self.skip_until_sync = false;
                 self.sout.extend_from_slice(&message);
-                self.queue.push_back(Expect::Sync);
+                let effects = std::mem::take(&mut self.pipeline_effects);
+                self.queue.push_back(Expect::Sync { effects });
+            }
+            fe::COPY_DONE | fe::COPY_FAIL => {
+                self.copy_in_extended = false;
+                self.sout.extend_from_slice(&message);
             }
             fe::FLUSH => {
                 self.unsynced = true;
@@ -1450,7 +1492,9 @@ impl<'a> Relay<'a> {
             self.unnamed = Some((self.key.node, class.clone().map(|c| (sql, c))));
         }
         if !self.tracking() || name.is_empty() {
-            self.pipeline_effects.extend(list);
+            // A statement's effects count when a Bind runs it, not here:
+            // its Execute may yet fail, or come in a later segment.
+            self.unnamed_effects = list;
             self.sout.extend_from_slice(&message);
             self.queue.push_back(Expect::Parse {
                 swallow: false,
@@ -1472,11 +1516,10 @@ impl<'a> Relay<'a> {
             ClientStatement {
                 server_name: server_name.clone(),
                 rest: rest.clone(),
-                effects: list.clone(),
+                effects: list,
                 class,
             },
         );
-        self.pipeline_effects.extend(list);
         let prepared = self
             .server
             .as_mut()
@@ -1509,7 +1552,13 @@ impl<'a> Relay<'a> {
                 bind.write_renamed(&mut self.sout, &server_name)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?;
             }
-            None => self.sout.extend_from_slice(&message),
+            None => {
+                if bind.statement.as_bytes().is_empty() {
+                    self.pipeline_effects
+                        .extend(self.unnamed_effects.iter().cloned());
+                }
+                self.sout.extend_from_slice(&message);
+            }
         }
         self.queue.push_back(Expect::Bind);
         Ok(())
@@ -1693,6 +1742,17 @@ impl<'a> Relay<'a> {
                 }
             }
             be::BIND_COMPLETE => self.pop_if(|e| matches!(e, Expect::Bind)),
+            be::COPY_IN_RESPONSE if matches!(self.queue.front(), Some(Expect::Execute)) => {
+                // The Sync sent with the Execute reached a server in
+                // copy-in mode, which ignored it: the one after CopyDone
+                // or CopyFail gets the ReadyForQuery, and the effects.
+                self.copy_in_extended = true;
+                while matches!(self.queue.get(1), Some(Expect::Sync { .. })) {
+                    if let Some(Expect::Sync { effects }) = self.queue.remove(1) {
+                        self.pipeline_effects.splice(0..0, effects);
+                    }
+                }
+            }
             be::CLOSE_COMPLETE => self.pop_if(|e| matches!(e, Expect::Close)),
             be::ROW_DESCRIPTION | be::NO_DATA => self.pop_if(|e| matches!(e, Expect::Describe)),
             be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED => {
@@ -1708,9 +1768,16 @@ impl<'a> Relay<'a> {
                 {
                     tags.push(String::from_utf8_lossy(cc.command()).into_owned());
                 }
-                let in_query = matches!(self.queue.front(), Some(Expect::Query { .. }));
+                // A Query with session effects settles its statements at
+                // its ReadyForQuery (query_effects); any other COMMIT or
+                // ROLLBACK settles the pending SETs here.
+                let settled_later = matches!(
+                    self.queue.front(),
+                    Some(Expect::Query { effects, .. })
+                        if effects.iter().any(|e| !matches!(e, Effect::Plain))
+                );
                 if tag == be::COMMAND_COMPLETE
-                    && !in_query
+                    && !settled_later
                     && let Some(message) = message
                 {
                     self.note_transaction_end(&message[5..]);
@@ -1773,12 +1840,13 @@ impl<'a> Relay<'a> {
     /// everything up to Sync, so those replies will never come.
     fn server_error(&mut self) {
         self.pipeline_failed = true;
+        self.copy_in_extended = false;
         match self.queue.front_mut() {
             Some(Expect::Query { failed, .. }) => *failed = true,
             Some(Expect::FunctionCall) => {}
             _ => {
                 while let Some(front) = self.queue.front() {
-                    if matches!(front, Expect::Sync) {
+                    if matches!(front, Expect::Sync { .. }) {
                         break;
                     }
                     if let Some(Expect::Parse {
@@ -1811,11 +1879,40 @@ impl<'a> Relay<'a> {
         match cc.command() {
             b"COMMIT" => {
                 for effect in std::mem::take(&mut self.pending_effects) {
-                    self.settings.apply(&effect);
+                    self.settle(&effect);
                 }
             }
-            b"ROLLBACK" => self.pending_effects.clear(),
+            // ROLLBACK TO SAVEPOINT has the same tag: the ReadyForQuery
+            // after it tells them apart.
+            b"ROLLBACK" => self.rollback_seen = true,
             _ => {}
+        }
+    }
+
+    /// A session effect that stands: the client's settings follow it.
+    fn settle(&mut self, effect: &Effect) {
+        self.settings.apply(effect);
+        self.settings_touched = true;
+        if matches!(effect, Effect::Discard) {
+            self.forget_statements();
+        }
+    }
+
+    /// The server session dropped every prepared statement: the client's
+    /// are gone, as with PostgreSQL, and pghalo's shared ones get prepared
+    /// again on this connection when next used.
+    fn forget_statements(&mut self) {
+        self.statements.clear();
+        if let Some(conn) = self.server.as_mut().and_then(|p| p.get()) {
+            conn.prepared.clear();
+        }
+    }
+
+    /// Went back to a savepoint: SETs made after it are undone, those
+    /// before it stand, and pghalo does not know which is which.
+    fn savepoint_rolled_back(&mut self) {
+        if !self.pending_effects.is_empty() {
+            self.settings_uncertain = true;
         }
     }
 
@@ -1833,18 +1930,26 @@ impl<'a> Relay<'a> {
                     self.query_effects(before, &effects, &tags, failed);
                 }
             }
-            Some(Expect::Sync) => {
-                let done = std::mem::take(&mut self.pipeline_effects);
+            Some(Expect::Sync { effects: done }) => {
                 changed = done.iter().any(|e| !matches!(e, Effect::Plain));
                 if changed && !self.pipeline_failed {
-                    if status == b'I' {
-                        done.iter().for_each(|e| self.settings.apply(e));
-                    } else {
-                        self.pending_effects.extend(done);
+                    for effect in done {
+                        match effect {
+                            Effect::DeallocateAll => self.forget_statements(),
+                            Effect::RollbackToSavepoint => self.savepoint_rolled_back(),
+                            effect if status == b'I' => self.settle(&effect),
+                            effect => self.pending_effects.push(effect),
+                        }
                     }
                 }
             }
             _ => {}
+        }
+        changed |= std::mem::take(&mut self.settings_touched);
+        if std::mem::take(&mut self.rollback_seen) && status != b'I' {
+            // A ROLLBACK that leaves the transaction open went back to a
+            // savepoint.
+            self.savepoint_rolled_back();
         }
         self.pipeline_failed = false;
         if status == b'I' && self.ddl_ran {
@@ -1866,6 +1971,11 @@ impl<'a> Relay<'a> {
             if changed {
                 conn.applied_settings = self.settings.fingerprint();
             }
+            if status == b'I' && std::mem::take(&mut self.settings_uncertain) {
+                // Whoever gets this connection next, this client included,
+                // starts from RESET ALL and a replay of its own settings.
+                conn.applied_settings = SETTINGS_UNKNOWN;
+            }
         }
     }
 
@@ -1881,21 +1991,22 @@ impl<'a> Relay<'a> {
             if tag == "BEGIN" || tag == "START TRANSACTION" {
                 in_block = true;
             }
-            if !matches!(effect, Effect::Plain) {
-                if in_block {
-                    self.pending_effects.push(effect.clone());
-                } else {
-                    implicit.push(effect.clone());
-                }
+            match effect {
+                Effect::Plain => {}
+                // Not transactional: gone even if the block rolls back.
+                Effect::DeallocateAll => self.forget_statements(),
+                Effect::RollbackToSavepoint => self.savepoint_rolled_back(),
+                effect if in_block => self.pending_effects.push(effect.clone()),
+                effect => implicit.push(effect.clone()),
             }
             match tag {
                 "COMMIT" => {
                     for e in std::mem::take(&mut self.pending_effects) {
-                        self.settings.apply(&e);
+                        self.settle(&e);
                     }
                     in_block = false;
                 }
-                "ROLLBACK" => {
+                "ROLLBACK" if !matches!(effect, Effect::RollbackToSavepoint) => {
                     self.pending_effects.clear();
                     in_block = false;
                 }
@@ -1903,7 +2014,7 @@ impl<'a> Relay<'a> {
             }
         }
         if !failed {
-            implicit.iter().for_each(|e| self.settings.apply(e));
+            implicit.iter().for_each(|e| self.settle(e));
         }
     }
 

@@ -15,8 +15,15 @@ pub enum Effect {
     Set { name: String, statement: String },
     /// RESET of one parameter, or of all (`None`).
     Reset(Option<String>),
-    /// DISCARD: the server forgets the session's state.
+    /// DISCARD ALL: the server forgets the session's state, prepared
+    /// statements included.
     Discard,
+    /// DEALLOCATE ALL: every prepared statement of the server session is
+    /// gone, at once and for good (it is not undone by a ROLLBACK).
+    DeallocateAll,
+    /// ROLLBACK TO SAVEPOINT: the transaction goes on without what was
+    /// done after the savepoint, session SETs included.
+    RollbackToSavepoint,
     /// Not possible under transaction pooling; the reason names it.
     Refuse(String),
 }
@@ -69,7 +76,14 @@ fn effect(stmt: &Statement<'_>) -> Effect {
             Some(name) => Effect::Reset(Some(name)),
             None => refuse("this RESET"),
         },
-        ["discard", ..] => Effect::Discard,
+        ["discard", "all", ..] => Effect::Discard,
+        // PLANS, SEQUENCES, TEMP: caches and temporary objects, no settings.
+        ["discard", ..] => Effect::Plain,
+        ["deallocate", "all", ..] | ["deallocate", "prepare", "all", ..] => Effect::DeallocateAll,
+        // Its tag is ROLLBACK's: only the text tells the transaction goes on.
+        ["rollback", "to", ..] | ["rollback", "work" | "transaction", "to", ..] => {
+            Effect::RollbackToSavepoint
+        }
         ["prepare", "transaction", ..] => Effect::Plain,
         ["prepare", ..] => {
             refuse("PREPARE (SQL-level prepared statements; protocol-level ones work)")
@@ -209,6 +223,21 @@ mod tests {
         ] {
             assert_eq!(one(sql), Effect::Plain, "{sql}");
         }
+    }
+
+    #[test]
+    fn only_discard_all_and_deallocate_all_drop_session_state() {
+        assert_eq!(one("DISCARD ALL"), Effect::Discard);
+        assert_eq!(one("discard plans"), Effect::Plain);
+        assert_eq!(one("DISCARD SEQUENCES"), Effect::Plain);
+        assert_eq!(one("DISCARD TEMP"), Effect::Plain);
+        assert_eq!(one("DEALLOCATE ALL"), Effect::DeallocateAll);
+        assert_eq!(one("deallocate prepare all"), Effect::DeallocateAll);
+        assert_eq!(one("DEALLOCATE s1"), Effect::Plain);
+        assert_eq!(one("ROLLBACK TO SAVEPOINT p"), Effect::RollbackToSavepoint);
+        assert_eq!(one("rollback work to p"), Effect::RollbackToSavepoint);
+        assert_eq!(one("ROLLBACK"), Effect::Plain);
+        assert_eq!(one("ROLLBACK PREPARED 'x'"), Effect::Plain);
     }
 
     #[test]
