@@ -10,9 +10,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    TestLab, conninfo, cut_off_from_wal, failover_section, node_client, pg_connect, postmaster_pid,
-    routing_config, signal_postmaster, start_failover_proxy, trace, wait_for_replay,
-    wait_for_topology,
+    TestLab, conninfo, conninfo_db, cut_off_from_wal, failover_section, node_client, pg_connect,
+    postmaster_pid, routing_config, signal_postmaster, start_failover_proxy, trace,
+    wait_for_replay, wait_for_topology,
 };
 use pghalo::cluster::{NodeId, Role};
 use pghalo::coordinator::{Coordinator, Decision};
@@ -927,5 +927,196 @@ async fn health_checks_follow_pgpools_parameters_per_backend() {
     );
     assert_eq!(stats[0]["retry_count"], "0", "{stats:?}");
     assert_eq!(daemon.cluster().snapshot().primary, Some(NodeId(0)));
+    daemon.stop();
+}
+
+/// A primary with no connection slot left for the health check
+/// (too_many_connections, 53300) is busy, not down: pgpool-II fails it
+/// over, which leaves a second writable primary since the full one keeps
+/// its sessions. pghalo keeps it, and writes go on once slots free up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_out_of_connection_slots_is_not_failed_over() {
+    trace();
+    let test_lab = TestLab::build("failover-full", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    let (config, daemon) = start_failover_proxy(lab, "failover-full", "", "").await;
+    node_client(lab, "node0", "postgres")
+        .await
+        .batch_execute("CREATE TABLE failover_probe (id int)")
+        .await
+        .unwrap();
+    let port = lab.node("node0").unwrap().port;
+    let check_user = format!(
+        "host=127.0.0.1 port={port} user=pghalo password={} dbname=postgres",
+        lab.secrets.pghalo
+    );
+    // Superusers may take the reserved slots: fill the others with them,
+    // until the check's (non-superuser) login is refused.
+    let mut fillers = Vec::new();
+    loop {
+        match pg_connect(&check_user).await {
+            Err(e)
+                if e.as_db_error()
+                    .is_some_and(|db| db.code().code() == "53300") =>
+            {
+                break;
+            }
+            Err(e) => panic!("the check user's login failed otherwise: {e}"),
+            Ok(_) => {}
+        }
+        assert!(fillers.len() < 200, "max_connections never reached");
+        fillers.push(node_client(lab, "node0", "postgres").await);
+    }
+    // Backends of refused or closed logins may still be leaving: two more
+    // (in the superuser-reserved slots) keep the others full meanwhile.
+    for _ in 0..2 {
+        let info = conninfo_db(port, "postgres", &password, "postgres");
+        if let Ok(client) = pg_connect(&info).await {
+            fillers.push(client);
+        }
+    }
+    let busy = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(10), |s| {
+            s.nodes[0]
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.kind == pghalo::cluster::CheckErrorKind::Busy)
+        })
+        .await;
+    assert!(busy.is_ok(), "the checks never saw 53300: {busy:#?}");
+    // Checks every 200 ms with 2 retries: a failover would have come by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let snapshot = daemon.cluster().snapshot();
+    assert_eq!(snapshot.primary, Some(NodeId(0)), "{snapshot:#?}");
+    for name in ["node1", "node2"] {
+        let in_recovery: bool = node_client(lab, name, "postgres")
+            .await
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(in_recovery, "{name} was promoted beside a busy primary");
+    }
+    drop(fillers);
+    write_through(config.port, &password, 1, Duration::from_secs(20)).await;
+    assert_eq!(daemon.cluster().snapshot().primary, Some(NodeId(0)));
+    daemon.stop();
+}
+
+/// A standby that accepts connections but never logs anyone in (its
+/// postmaster stopped) while it still counts as up does not hold the
+/// failover: it is passed over once the control connection's timeout runs
+/// out, and the other standby is promoted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_that_hangs_at_login_does_not_hold_the_failover() {
+    trace();
+    let test_lab = TestLab::build("failover-hung-standby", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    // node2 is checked once, then not for ten minutes: it stays "up".
+    let (config, daemon) = common::start_failover_proxy_with(
+        lab,
+        "failover-hung-standby",
+        "",
+        "",
+        "health_check_period = \"600s\"\n",
+    )
+    .await;
+    node_client(lab, "node0", "postgres")
+        .await
+        .batch_execute("CREATE TABLE failover_probe (id int)")
+        .await
+        .unwrap();
+    wait_for_replay(lab, Duration::from_secs(30)).await;
+
+    let hung = postmaster_pid(lab, "node2");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hung),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let resume = Resume(hung);
+    signal_postmaster(lab, "node0", nix::sys::signal::Signal::SIGKILL);
+
+    let promoted = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| s.primary == Some(NodeId(1)))
+        .await;
+    assert!(
+        promoted.is_ok(),
+        "no failover past the hung standby: {promoted:#?}"
+    );
+    write_through(config.port, &password, 1, Duration::from_secs(10)).await;
+    drop(resume);
+    daemon.stop();
+}
+
+/// A promotion that outlives promote_timeout (here a failover_command
+/// that promotes three seconds later, in the background) is not lost: a
+/// retry never promotes a second standby beside it, and once the node is
+/// out of recovery the other standby is pointed at it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_that_finishes_late_is_carried_through() {
+    trace();
+    let test_lab = TestLab::build("failover-late", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    let scripts = common::unique_dir("failover-late-scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let promote = scripts.join("promote.sh");
+    common::write_file(
+        &promote,
+        &format!(
+            "( sleep 3; PGPASSFILE={} psql -U postgres -d postgres -Atq -h \"$1\" -p \"$2\" -c 'SELECT pg_promote()' ) >/dev/null 2>&1 &\n",
+            lab.dir().join("pgpass").display()
+        ),
+    );
+    let commands = format!(
+        "failover_command = \"sh {} %H %r\"\npromote_timeout = \"1s\"\n",
+        promote.display()
+    );
+    let (config, daemon) = start_failover_proxy(lab, "failover-late", "", &commands).await;
+    node_client(lab, "node0", "postgres")
+        .await
+        .batch_execute("CREATE TABLE failover_probe (id int)")
+        .await
+        .unwrap();
+    wait_for_replay(lab, Duration::from_secs(30)).await;
+
+    signal_postmaster(lab, "node0", nix::sys::signal::Signal::SIGKILL);
+    let node1_port = i32::from(lab.node("node1").unwrap().port);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let node2 = node_client(lab, "node2", "postgres").await;
+        let in_recovery: bool = node2
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(in_recovery, "node2 was promoted beside node1");
+        let source = node2
+            .query_opt(
+                "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .and_then(|r| r.get::<_, Option<i32>>(0));
+        if source == Some(node1_port) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node2 never followed node1: {:#?}",
+            daemon.cluster().snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(daemon.cluster().snapshot().primary, Some(NodeId(1)));
+    write_through(config.port, &password, 1, Duration::from_secs(10)).await;
     daemon.stop();
 }

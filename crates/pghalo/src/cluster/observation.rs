@@ -95,8 +95,12 @@ pub enum CheckErrorKind {
     /// The connection broke during the check.
     Closed,
     /// The server answered that it cannot serve now (starting up, shutting
-    /// down, too many connections).
+    /// down).
     Unavailable,
+    /// The server answered that it has no connection slot left
+    /// (too_many_connections): busy, not down. pgpool-II fails over here;
+    /// a full primary is still a writable primary, so pghalo does not.
+    Busy,
     /// The server failed the check's query for another reason.
     Query,
     /// pghalo's settings are wrong for this node: the user, password or
@@ -109,7 +113,7 @@ pub enum CheckErrorKind {
 impl CheckErrorKind {
     /// True if this failure says the node itself is not serving.
     pub const fn means_down(self) -> bool {
-        !matches!(self, CheckErrorKind::Config)
+        !matches!(self, CheckErrorKind::Config | CheckErrorKind::Busy)
     }
 }
 
@@ -120,6 +124,7 @@ impl fmt::Display for CheckErrorKind {
             CheckErrorKind::Connect => "cannot connect",
             CheckErrorKind::Closed => "connection lost",
             CheckErrorKind::Unavailable => "unavailable",
+            CheckErrorKind::Busy => "too many connections",
             CheckErrorKind::Query => "query failed",
             CheckErrorKind::Config => "configuration error",
         })

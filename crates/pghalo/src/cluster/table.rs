@@ -821,9 +821,16 @@ mod tests {
     }
 
     #[test]
-    fn configuration_errors_do_not_take_a_node_down() {
+    fn configuration_errors_and_full_servers_do_not_take_a_node_down() {
         let mut t = NodeTable::new(&backends(2, None));
         feed(&mut t, vec![primary(0, 1, 10), standby(1, 1, 10)]);
+        assert!(matches!(
+            t.observe(failed(0, CheckErrorKind::Busy)),
+            Some(Notice::NewError { .. })
+        ));
+        t.settle();
+        assert_eq!(t.snapshot().nodes[0].status, Status::Up);
+        assert_eq!(t.snapshot().nodes[0].checks.consecutive_failures, 0);
         let notice = t.observe(failed(0, CheckErrorKind::Config));
         assert!(matches!(notice, Some(Notice::NewError { .. })));
         // The same error again is not news.

@@ -64,14 +64,20 @@ impl Control {
         if let Some(password) = &self.password {
             config.password(password.expose());
         }
-        let (client, connection) =
-            config
-                .connect(NoTls)
-                .await
-                .map_err(|source| ActionError::Connect {
-                    node: node.name.clone(),
-                    source,
-                })?;
+        // connect_timeout bounds the socket's connect only: a server that
+        // accepts and then never answers (a stopped postmaster, hung
+        // storage) would hold the failover here for good.
+        let (client, connection) = tokio::time::timeout(self.timeout, config.connect(NoTls))
+            .await
+            .map_err(|_| ActionError::Timeout {
+                node: node.name.clone(),
+                what: "logging in",
+                limit: self.timeout,
+            })?
+            .map_err(|source| ActionError::Connect {
+                node: node.name.clone(),
+                source,
+            })?;
         let driver = Driver(tokio::spawn(async move {
             let _ = connection.await;
         }));
@@ -207,6 +213,19 @@ impl Control {
         })
         .await
         .map_err(|e| e.or_reason(format!("still in recovery after {limit:?}")))
+    }
+
+    /// Whether `node` is in recovery now.
+    pub async fn is_in_recovery(&self, node: &Target) -> Result<bool, ActionError> {
+        let (client, _driver) = self.connect(node).await?;
+        let row = self
+            .run(
+                node,
+                "pg_is_in_recovery",
+                client.query_one("SELECT pg_catalog.pg_is_in_recovery()", &[]),
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Promotes `node` and returns once it is out of recovery.
@@ -347,14 +366,18 @@ impl Control {
                     standby,
                     "reading pg_stat_wal_receiver",
                     on_standby.query_opt(
-                        "SELECT status, sender_port FROM pg_catalog.pg_stat_wal_receiver",
+                        "SELECT status, sender_host, sender_port FROM pg_catalog.pg_stat_wal_receiver",
                         &[],
                     ),
                 )
                 .await?;
+            // The host too: nodes on different hosts often share a port,
+            // and the old walreceiver may still be streaming from the old
+            // primary right after the reload.
             Ok(row.is_some_and(|r| {
                 r.get::<_, Option<String>>(0).as_deref() == Some("streaming")
-                    && r.get::<_, Option<i32>>(1) == Some(i32::from(primary.port))
+                    && r.get::<_, Option<String>>(1).as_deref() == Some(host.as_str())
+                    && r.get::<_, Option<i32>>(2) == Some(i32::from(primary.port))
             }))
         })
         .await

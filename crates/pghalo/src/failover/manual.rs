@@ -29,6 +29,7 @@ impl Worker {
                     .to_owned(),
             );
         };
+        let made_under = self.coordinator.epoch();
         let snapshot = self.view.snapshot();
         let Some(target) = snapshot.node(node) else {
             return Err(format!(
@@ -64,7 +65,7 @@ impl Worker {
             let reason =
                 "promoted by hand (pghalo ctl promote) while the primary is down".to_owned();
             let epoch = self
-                .promote_and_follow(&control, node, replaced, &snapshot, reason)
+                .promote_and_follow(&control, node, replaced, &snapshot, made_under, reason)
                 .await?;
             return Ok(format!("{name} is the primary (epoch {epoch})"));
         };
@@ -81,7 +82,7 @@ impl Worker {
             .decide(
                 Decision::Detach { node: old_id },
                 format!("switchover to {name} (pghalo ctl promote)"),
-                self.coordinator.epoch(),
+                made_under,
             )
             .await
             .map_err(|refused| format!("not decided: {refused}"))?;
@@ -125,7 +126,7 @@ impl Worker {
         let reason =
             format!("switchover by hand (pghalo ctl promote); {name} has received up to {lsn}");
         let epoch = self
-            .promote_and_follow(&control, node, old_id, &snapshot, reason)
+            .promote_and_follow(&control, node, old_id, &snapshot, detach.epoch, reason)
             .await?;
         let report = format!(
             "{old_name} still runs as a primary, detached: rebuild it as a standby of {name} (pg_rewind), then attach it"

@@ -41,7 +41,9 @@ pub use actions::{ActionError, Control};
 pub use candidate::{NoCandidate, choose_candidate};
 pub use command::{NodeFacts, Placeholders};
 
-use crate::cluster::{CheckErrorKind, ClusterSnapshot, ClusterView, NodeId, Observer, Status};
+use crate::cluster::{
+    CheckErrorKind, ClusterSnapshot, ClusterView, Epoch, NodeId, Observer, Status,
+};
 use crate::config::passwd::{PasswdError, PasswordFile};
 use crate::config::{Config, ResolvedPassword};
 use crate::coordinator::Coordinator;
@@ -191,6 +193,7 @@ impl FailoverTask {
             checks,
             coordinator,
             slots: HashMap::new(),
+            unfinished: None,
         };
         let (requests, incoming) = mpsc::channel(4);
         FailoverTask {
@@ -215,6 +218,19 @@ struct Worker {
     coordinator: Arc<dyn Coordinator>,
     /// What pghalo did to detached standbys' replication slots.
     slots: HashMap<NodeId, standby::SlotState>,
+    /// A promotion committed whose promote or follow step failed.
+    unfinished: Option<Unfinished>,
+}
+
+/// A committed promotion not carried through: the node may yet leave
+/// recovery on its own (pg_promote past its wait, a slow failover_command),
+/// and then the other standbys must be pointed at it; until then a retry
+/// of the same failover promotes the same node, never a second one.
+struct Unfinished {
+    node: NodeId,
+    replaces: NodeId,
+    before: ClusterSnapshot,
+    epoch: Epoch,
 }
 
 /// How a look at a down primary ended.
@@ -248,6 +264,7 @@ impl Worker {
                 return;
             }
             let snapshot = self.view.snapshot();
+            self.finish_promotion(&snapshot).await;
             self.standby_upkeep(&snapshot).await;
             let Some(primary) = snapshot.primary_node() else {
                 continue;
@@ -296,6 +313,9 @@ impl Worker {
     /// the others at it.
     async fn fail_over(&mut self, failed: NodeId) -> Outcome {
         let started = Instant::now();
+        // Before anything is looked at: what is decided meanwhile (by hand)
+        // makes this look stale.
+        let made_under = self.coordinator.epoch();
         let Some(snapshot) = self.confirm_down(failed).await else {
             return Outcome::Nothing;
         };
@@ -325,7 +345,26 @@ impl Worker {
                 }
             }
         }
-        let candidate = match choose_candidate(&fresh, failed, self.settings.max_lag) {
+        let decided = self
+            .unfinished
+            .as_ref()
+            .filter(|u| u.replaces == failed && u.epoch == made_under)
+            .map(|u| u.node);
+        let candidate = match decided {
+            // Its promotion may still be under way: promoting another
+            // standby could make two primaries.
+            Some(node) if fresh.node(node).is_some_and(|n| n.status == Status::Up) => Ok(node),
+            Some(node) => {
+                tracing::warn!(
+                    "{}, whose promotion did not finish, does not answer: choosing again",
+                    self.name(node)
+                );
+                self.unfinished = None;
+                choose_candidate(&fresh, failed, self.settings.max_lag)
+            }
+            None => choose_candidate(&fresh, failed, self.settings.max_lag),
+        };
+        let candidate = match candidate {
             Ok(node) => node,
             Err(why) => {
                 tracing::error!(failed = %self.name(failed), "the primary is down and no standby can be promoted: {why}");
@@ -344,7 +383,7 @@ impl Worker {
                 .map_or(0, |n| n.checks.consecutive_failures)
         );
         match self
-            .promote_and_follow(&control, candidate, failed, &snapshot, reason)
+            .promote_and_follow(&control, candidate, failed, &snapshot, made_under, reason)
             .await
         {
             Ok(epoch) => {
@@ -402,6 +441,12 @@ impl Worker {
                 // Its checks are refused at login: they cannot tell whether
                 // it is down, and a configuration error never fails over.
                 tracing::debug!(node = %node.name, "the primary's checks are refused at login: no failover");
+                return None;
+            }
+            if last_kind == Some(CheckErrorKind::Busy) {
+                // Promoting a standby now would make a second writable
+                // primary: the full one keeps its sessions.
+                tracing::warn!(node = %node.name, "the primary has no connection slot left for its check: busy, not down; no failover");
                 return None;
             }
             if node.checks.consecutive_failures >= schedule.confirmations() {

@@ -8,18 +8,23 @@ use crate::coordinator::Decision;
 use crate::health::Target;
 
 use super::command::{self, Placeholders};
-use super::{Control, Worker};
+use super::{Control, Unfinished, Worker};
 
 impl Worker {
     /// Commits the promotion of `candidate` in place of `old`, promotes it,
     /// makes it the node table's primary, and points every other standby
     /// that was up in `before` at it. Err says which step failed.
+    ///
+    /// `made_under` is the coordinator's epoch when `before` was read: a
+    /// decision committed since (a node detached by hand) refuses this one,
+    /// and the caller looks again.
     pub(super) async fn promote_and_follow(
         &mut self,
         control: &Control,
         candidate: NodeId,
         old: NodeId,
         before: &ClusterSnapshot,
+        made_under: Epoch,
         reason: String,
     ) -> Result<Epoch, String> {
         let decision = Decision::Promote {
@@ -28,9 +33,15 @@ impl Worker {
         };
         let committed = self
             .coordinator
-            .decide(decision, reason, self.coordinator.epoch())
+            .decide(decision, reason, made_under)
             .await
             .map_err(|refused| format!("not decided: {refused}"))?;
+        self.unfinished = Some(Unfinished {
+            node: candidate,
+            replaces: old,
+            before: before.clone(),
+            epoch: committed.epoch,
+        });
         let target = self
             .settings
             .targets
@@ -63,7 +74,39 @@ impl Worker {
             ));
         }
         self.follow_all(control, candidate, old, before).await;
+        self.unfinished = None;
         Ok(committed.epoch)
+    }
+
+    /// Carries an unfinished promotion through once its node is the
+    /// primary after all: the other standbys are pointed at it.
+    pub(super) async fn finish_promotion(&mut self, snapshot: &ClusterSnapshot) {
+        let Some(unfinished) = &self.unfinished else {
+            return;
+        };
+        if self.coordinator.epoch() != unfinished.epoch {
+            // Something else was decided since (by hand, or a retry).
+            self.unfinished = None;
+            return;
+        }
+        let writable = snapshot.primary == Some(unfinished.node)
+            && snapshot
+                .node(unfinished.node)
+                .is_some_and(|n| n.status == Status::Up && n.in_recovery == Some(false));
+        let Some(control) = self.settings.control.clone() else {
+            return;
+        };
+        if !writable {
+            return;
+        }
+        if let Some(done) = self.unfinished.take() {
+            tracing::warn!(
+                "{} left recovery after its promotion was given up on: pointing the other standbys at it",
+                self.name(done.node)
+            );
+            self.follow_all(&control, done.node, done.replaces, &done.before)
+                .await;
+        }
     }
 
     /// Promotes `candidate` with failover_command if one is set (its exit
@@ -81,6 +124,10 @@ impl Worker {
             .get(candidate.index())
             .ok_or_else(|| format!("there is no node {candidate}"))?;
         let limit = self.settings.promote_timeout;
+        if matches!(control.is_in_recovery(target).await, Ok(false)) {
+            // A retry after a promotion that finished late: done already.
+            return Ok(());
+        }
         let Some(template) = &self.settings.failover_command else {
             return control
                 .promote(target, limit)

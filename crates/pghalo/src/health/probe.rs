@@ -187,7 +187,7 @@ fn read_probe(row: &Row) -> Result<Probe, CheckError> {
 
 /// Sorts a tokio-postgres failure into what the cluster tells apart.
 fn classify(err: &tokio_postgres::Error, login: &Login) -> CheckError {
-    use CheckErrorKind::{Closed, Config, Connect, Query, Unavailable};
+    use CheckErrorKind::{Busy, Closed, Config, Connect, Query, Unavailable};
     let (kind, mut message) = if let Some(db) = err.as_db_error() {
         let code = db.code().code();
         let kind = match code {
@@ -199,9 +199,11 @@ fn classify(err: &tokio_postgres::Error, login: &Login) -> CheckError {
             "3D000" => Config,
             // insufficient_privilege: health_check_user lacks pg_monitor.
             "42501" => Config,
-            // cannot_connect_now (starting up, shutting down),
-            // too_many_connections, admin/crash shutdown.
-            "57P03" | "53300" | "57P01" | "57P02" => Unavailable,
+            // too_many_connections: the server is there, and answers.
+            "53300" => Busy,
+            // cannot_connect_now (starting up, shutting down), admin/crash
+            // shutdown.
+            "57P03" | "57P01" | "57P02" => Unavailable,
             _ => Query,
         };
         (kind, format!("{} (SQLSTATE {code})", db.message()))
