@@ -487,3 +487,69 @@ async fn a_set_that_fails_when_run_is_not_replayed() {
         assert_eq!(show(&setter, "work_mem").await, "3MB");
     }
 }
+
+/// A cancel still on its way to the server when its client's query ends
+/// (here: held up by a stopped postmaster) keeps that client's server
+/// connection from the next client until it has landed; otherwise it would
+/// stop the next client's query (57014).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_cancel_never_reaches_the_next_client_of_the_connection() {
+    use std::time::Duration;
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+    let test_lab = common::TestLab::build("tx-late-cancel", |o| o.backends = 1);
+    let lab = &test_lab.lab;
+    let config = ProxyConfig::write(
+        lab,
+        "tx-late-cancel",
+        "",
+        "mode = \"transaction\"\nmax_pool_size = 1\ncheckout_timeout = \"20s\"",
+        SCRAM_ALL,
+        None,
+    );
+    let _daemon = Daemon::start(&config.path()).await.unwrap();
+    let info = conninfo(config.port, "postgres", &lab.secrets.postgres);
+    let canceller = pg_connect(&info).await.unwrap();
+    let next = pg_connect(&info).await.unwrap();
+    canceller.simple_query("SELECT 1").await.unwrap();
+
+    let postmaster = common::postmaster_pid(lab, "node0");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let resume = Resume(postmaster);
+    let token = canceller.cancel_token();
+    let started = std::time::Instant::now();
+    let first = tokio::spawn(async move {
+        let result = canceller.simple_query("SELECT pg_sleep(0.5)").await;
+        (canceller, result, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cancel = tokio::spawn(async move { token.cancel_query(tokio_postgres::NoTls).await });
+    // The first query is over by now; the cancel waits for the postmaster.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = tokio::spawn(async move { next.simple_query("SELECT pg_sleep(1)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(resume);
+    let (_canceller, result, took) = first.await.unwrap();
+    result.expect("the cancel reached the server only after the query ended");
+    assert!(
+        took < Duration::from_millis(1100),
+        "the first client's reply waited for its cancel to land ({took:?})"
+    );
+    let outcome = second.await.unwrap();
+    assert!(
+        outcome.is_ok(),
+        "the first client's cancel stopped the next client's query: {outcome:?}"
+    );
+    let _ = cancel.await;
+}

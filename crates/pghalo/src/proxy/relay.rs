@@ -491,8 +491,10 @@ impl<'a> Relay<'a> {
             .get(node)
             .cloned()
             .ok_or_else(|| ClientError::fatal(SqlState::CONNECTION_FAILURE, "no such backend"))?;
-        if let Some(current) = self.server.take() {
-            self.cancel.set_target(None);
+        // A connection a cancel may yet land on is dropped: closed.
+        if let Some(current) = self.server.take()
+            && self.cancel.let_go().await
+        {
             if self.transaction_mode() {
                 current.release(false).await;
             } else if let Some(slot) = self.parked.get_mut(self.key.node) {
@@ -569,12 +571,34 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
+    /// Writes what waits for the client, within 5 s.
+    async fn flush_client(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let mut written = 0;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while written < self.cout.len() {
+                match self.client.write(&self.cout[written..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => written += n,
+                }
+            }
+        })
+        .await;
+        self.cout.advance(written);
+    }
+
     /// Gives the server connection back between transactions.
     async fn detach(&mut self) {
         if let Some(mut pooled) = self.server.take() {
             tracing::trace!(client = self.cancel.pid, server = ?pooled.get().and_then(|c| c.key.as_ref().map(|k| k.pid)), "detach");
-            self.cancel.set_target(None);
-            pooled.release(false).await;
+            if self.cancel.cancel_in_flight() {
+                // The client gets its reply now, not once the cancel has
+                // landed.
+                self.flush_client().await;
+            }
+            if self.cancel.let_go().await {
+                pooled.release(false).await;
+            }
         }
     }
 
@@ -2054,11 +2078,12 @@ impl<'a> Relay<'a> {
         let Some(mut pooled) = self.server.take() else {
             return;
         };
-        self.cancel.set_target(None);
-        let reusable = matches!(
-            end,
-            End::ClientTerminated | End::ClientGone | End::IdleTimeout
-        ) && self.queue.is_empty()
+        let reusable = self.cancel.let_go().await
+            && matches!(
+                end,
+                End::ClientTerminated | End::ClientGone | End::IdleTimeout
+            )
+            && self.queue.is_empty()
             && !self.unsynced
             && self.sout.is_empty()
             && self.server_skip == 0
