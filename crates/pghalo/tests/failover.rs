@@ -198,9 +198,15 @@ async fn a_killed_primary_is_replaced_and_the_other_standby_follows() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // One decision, with its epoch and reason.
+    // The promotion, with its epoch and reason, then the old primary
+    // detached (it serves nothing when it comes back until it streams from
+    // the new primary).
     let events = daemon.coordinator().events();
-    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        events[1].what,
+        Decision::Detach { node: NodeId(0) }.to_string()
+    );
     assert_eq!(
         events[0].what,
         Decision::Promote {

@@ -73,6 +73,14 @@ impl Worker {
                 target.name, committed.epoch
             ));
         }
+        if old != candidate && self.view.snapshot().node(old).is_some_and(|n| !n.detached) {
+            // Back as a standby it must not serve reads until it streams
+            // from the new primary on its timeline (auto_failback, or ctl
+            // attach): restarted without pg_rewind it holds a history the
+            // new primary does not have.
+            let reason = format!("{} replaced it as the primary", target.name);
+            self.set_detached(old, Detachment::Automatic, reason).await;
+        }
         self.follow_all(control, candidate, old, before).await;
         self.unfinished = None;
         Ok(committed.epoch)

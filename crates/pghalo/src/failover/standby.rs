@@ -56,7 +56,7 @@ impl Worker {
 
     /// Commits the detach or attach of `node`, applies it, and waits until
     /// a snapshot shows it (so the next look does not decide it again).
-    async fn set_detached(&mut self, node: NodeId, how: Detachment, reason: String) {
+    pub(super) async fn set_detached(&mut self, node: NodeId, how: Detachment, reason: String) {
         let decision = if how == Detachment::Attached {
             Decision::Attach { node }
         } else {
