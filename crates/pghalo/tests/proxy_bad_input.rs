@@ -1474,3 +1474,55 @@ async fn cancel_with_a_wrong_key_or_unknown_pid_does_nothing() {
         proxy.assert_free_and_serving().await;
     }
 }
+
+/// Parse, Bind (no parameters, text results) and Execute of `sql` as the
+/// unnamed statement and portal.
+fn unnamed_run(sql: &str) -> Vec<u8> {
+    let mut parse = vec![0];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut out = message(b'P', &parse);
+    out.extend(message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(message(b'E', &[0, 0, 0, 0, 0]));
+    out
+}
+
+/// A statement refused in transaction mode fails as it would have failed
+/// in the server: what its pipeline segment did before it is rolled back
+/// (a retry must not insert twice), and in a transaction block the block
+/// is aborted (25P02 until ROLLBACK).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_statement_rolls_back_its_segment_and_aborts_its_block() {
+    let proxy = TrustProxy::start("refused-rollback", "", "transaction").await;
+    fresh_table("refused_rollback", "id int").await;
+    let (mut raw, _, _) = Raw::login(proxy.port(), &postgres_startup()).await;
+
+    let mut pipeline = unnamed_run("INSERT INTO refused_rollback VALUES (1)");
+    pipeline.extend(unnamed_run("CREATE TEMP TABLE refused_tmp (a int)"));
+    pipeline.extend(message(b'S', b""));
+    raw.send(&pipeline).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(tags(&msgs), "12CEZ");
+    assert_eq!(the_error(&msgs).1, "0A000");
+    assert_eq!(msgs.last().map(|m| m.1.clone()), Some(vec![b'I']));
+    assert_eq!(
+        count_rows("refused_rollback").await,
+        0,
+        "the INSERT before the refused statement was committed"
+    );
+
+    raw.simple("BEGIN").await;
+    let msgs = raw.simple("CREATE TEMP TABLE refused_tmp (a int)").await;
+    assert_eq!(tags(&msgs), "EZ");
+    assert_eq!(the_error(&msgs).1, "0A000");
+    assert_eq!(msgs.last().map(|m| m.1.clone()), Some(vec![b'E']));
+    let msgs = raw.simple("SELECT 1").await;
+    assert_eq!(the_error(&msgs).1, "25P02");
+    let msgs = raw.simple("ROLLBACK").await;
+    assert_eq!(tags(&msgs), "CZ");
+    let msgs = raw.simple("INSERT INTO refused_rollback VALUES (2)").await;
+    assert_eq!(tags(&msgs), "CZ");
+    assert_eq!(count_rows("refused_rollback").await, 1);
+    drop(raw);
+    proxy.assert_free_and_serving().await;
+}

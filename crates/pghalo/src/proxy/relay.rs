@@ -46,6 +46,11 @@ const HIGH_WATER: usize = 256 * 1024;
 /// client's fingerprint (0 or odd) equals it, so the next one resets.
 const SETTINGS_UNKNOWN: u64 = 2;
 
+/// What the relay sends in place of a statement it refused, to fail in
+/// the server's parser (a syntax error) as the refused one would have
+/// failed there.
+const REFUSED_STAND_IN: &str = "pghalo refused the statement";
+
 /// The first read of a quiet client: most requests fit.
 const SMALL_READ: usize = 1024;
 
@@ -89,6 +94,13 @@ enum Expect {
     },
     /// Answered by the relay, in turn.
     Synthetic(Bytes),
+    /// A statement the relay sent to fail in the server's parser, standing
+    /// for one it refused: the server rolls back or aborts as it would
+    /// have for the real one. Its ErrorResponse is dropped (the client got
+    /// the relay's); in the simple protocol its ReadyForQuery passes.
+    Refused {
+        simple: bool,
+    },
 }
 
 /// How a session ended.
@@ -1669,15 +1681,30 @@ impl<'a> Relay<'a> {
             ),
         }
         .write(&mut reply);
+        // PostgreSQL fails a statement inside the server: the segment's
+        // implicit transaction rolls back (an INSERT before it in the
+        // pipeline is undone), an explicit block is aborted. A statement
+        // that fails to parse there does the same.
+        let in_server = self.server.is_some() && (extended || self.tx_status != b'I');
         if extended {
             // As PostgreSQL does after an error: ignore until Sync.
             self.skip_until_sync = true;
-        } else {
+        } else if !in_server {
             let status =
                 TransactionStatus::from_byte(self.tx_status).unwrap_or(TransactionStatus::Idle);
             be::write_ready_for_query(&mut reply, status);
         }
         self.queue.push_back(Expect::Synthetic(reply.freeze()));
+        if in_server {
+            let written = if extended {
+                fe::write_parse(&mut self.sout, "", REFUSED_STAND_IN, &[])
+            } else {
+                fe::write_query(&mut self.sout, REFUSED_STAND_IN)
+            };
+            if written.is_ok() {
+                self.queue.push_back(Expect::Refused { simple: !extended });
+            }
+        }
         self.emit_synthetic();
     }
 
@@ -1807,6 +1834,12 @@ impl<'a> Relay<'a> {
                     self.note_transaction_end(&message[5..]);
                 }
                 self.pop_if(|e| matches!(e, Expect::Execute));
+            }
+            be::ERROR_RESPONSE if matches!(self.queue.front(), Some(Expect::Refused { .. })) => {
+                forward = false;
+                if matches!(self.queue.front(), Some(Expect::Refused { simple: false })) {
+                    self.server_error();
+                }
             }
             be::ERROR_RESPONSE => {
                 if let Some(message) = message {
