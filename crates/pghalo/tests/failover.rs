@@ -1123,6 +1123,15 @@ async fn a_promotion_that_finishes_late_is_carried_through() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(daemon.cluster().snapshot().primary, Some(NodeId(1)));
+    let retired = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(10), |s| s.nodes[0].detached)
+        .await;
+    assert!(
+        retired.is_ok(),
+        "the failed primary is not detached: {retired:#?}"
+    );
     write_through(config.port, &password, 1, Duration::from_secs(10)).await;
     daemon.stop();
 }

@@ -461,6 +461,35 @@ async fn copy_in_over_the_extended_protocol_releases_its_connection() {
             .unwrap();
         assert_eq!(echo.get::<_, i32>(0), round);
     }
+
+    // The server refuses a row while the client still streams: it now
+    // ignores everything up to the client's Sync, so the connection must
+    // stay with the copier until then, not serve the client waiting.
+    let sink = copier
+        .copy_in::<_, bytes::Bytes>("COPY tx_copy_in FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"not a number\n"))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let waiting = tokio::spawn(async move {
+        tokio::time::timeout(limit, other.query_one("SELECT 7::int4", &[])).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = sink.finish().await.unwrap_err();
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("22P02"),
+        "{refused:?}"
+    );
+    let seven = waiting
+        .await
+        .unwrap()
+        .expect("the waiting client got a connection the server was ignoring")
+        .unwrap();
+    assert_eq!(seven.get::<_, i32>(0), 7);
 }
 
 /// A SET counts when it runs, not when it is prepared: one whose Execute
@@ -519,6 +548,8 @@ async fn a_late_cancel_never_reaches_the_next_client_of_the_connection() {
     let canceller = pg_connect(&info).await.unwrap();
     let next = pg_connect(&info).await.unwrap();
     canceller.simple_query("SELECT 1").await.unwrap();
+    // Opened now: no login gets through once the postmaster is stopped.
+    let watcher = lab.connect("node0").await.unwrap();
 
     let postmaster = common::postmaster_pid(lab, "node0");
     nix::sys::signal::kill(
@@ -533,17 +564,31 @@ async fn a_late_cancel_never_reaches_the_next_client_of_the_connection() {
         let result = canceller.simple_query("SELECT pg_sleep(0.5)").await;
         (canceller, result, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The cancel must find the query running (a cancel before it would
+    // find no server connection to aim at, and prove nothing).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while watcher
+        .query(
+            "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(0.5)'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "the first query never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let cancel = tokio::spawn(async move { token.cancel_query(tokio_postgres::NoTls).await });
     // The first query is over by now; the cancel waits for the postmaster.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let second = tokio::spawn(async move { next.simple_query("SELECT pg_sleep(1)").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     drop(resume);
     let (_canceller, result, took) = first.await.unwrap();
     result.expect("the cancel reached the server only after the query ended");
     assert!(
-        took < Duration::from_millis(1100),
+        took < started.elapsed().saturating_sub(Duration::from_millis(300)),
         "the first client's reply waited for its cancel to land ({took:?})"
     );
     let outcome = second.await.unwrap();

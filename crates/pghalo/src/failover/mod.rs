@@ -271,6 +271,15 @@ impl Worker {
             };
             if primary.status != Status::Down {
                 reported = None;
+                if self
+                    .unfinished
+                    .as_ref()
+                    .is_some_and(|u| u.replaces == primary.id)
+                {
+                    // The old primary answers again: no failover to finish,
+                    // and none to repeat on that node at a later failure.
+                    self.unfinished = None;
+                }
                 continue;
             }
             let failed = primary.id;

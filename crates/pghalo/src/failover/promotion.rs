@@ -73,14 +73,7 @@ impl Worker {
                 target.name, committed.epoch
             ));
         }
-        if old != candidate && self.view.snapshot().node(old).is_some_and(|n| !n.detached) {
-            // Back as a standby it must not serve reads until it streams
-            // from the new primary on its timeline (auto_failback, or ctl
-            // attach): restarted without pg_rewind it holds a history the
-            // new primary does not have.
-            let reason = format!("{} replaced it as the primary", target.name);
-            self.set_detached(old, Detachment::Automatic, reason).await;
-        }
+        self.retire(old, candidate).await;
         self.follow_all(control, candidate, old, before).await;
         self.unfinished = None;
         Ok(committed.epoch)
@@ -112,9 +105,22 @@ impl Worker {
                 "{} left recovery after its promotion was given up on: pointing the other standbys at it",
                 self.name(done.node)
             );
+            self.retire(done.replaces, done.node).await;
             self.follow_all(&control, done.node, done.replaces, &done.before)
                 .await;
         }
+    }
+
+    /// Detaches `old`, replaced by `new`: back as a standby it must not
+    /// serve reads until it streams from the new primary on its timeline
+    /// (auto_failback, or ctl attach); restarted without pg_rewind it holds
+    /// a history the new primary does not have.
+    async fn retire(&mut self, old: NodeId, new: NodeId) {
+        if old == new || self.view.snapshot().node(old).is_none_or(|n| n.detached) {
+            return;
+        }
+        let reason = format!("{} replaced it as the primary", self.name(new));
+        self.set_detached(old, Detachment::Automatic, reason).await;
     }
 
     /// Promotes `candidate` with failover_command if one is set (its exit

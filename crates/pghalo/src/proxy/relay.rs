@@ -619,6 +619,8 @@ impl<'a> Relay<'a> {
         self.queue.is_empty()
             && self.tx_status == b'I'
             && !self.unsynced
+            // The server ignores everything until the client's next Sync.
+            && !self.server_discarding
             && self.sout.is_empty()
             && self.server_skip == 0
             // A request the client has started to send (a large Query
@@ -1697,7 +1699,9 @@ impl<'a> Relay<'a> {
         self.queue.push_back(Expect::Synthetic(reply.freeze()));
         if in_server {
             let written = if extended {
-                fe::write_parse(&mut self.sout, "", REFUSED_STAND_IN, &[])
+                // Named: a Parse that fails stores nothing, and the
+                // client's unnamed statement stays.
+                fe::write_parse(&mut self.sout, "pghalo_refused", REFUSED_STAND_IN, &[])
             } else {
                 fe::write_query(&mut self.sout, REFUSED_STAND_IN)
             };
@@ -1798,10 +1802,12 @@ impl<'a> Relay<'a> {
                 // copy-in mode, which ignored it: the one after CopyDone
                 // or CopyFail gets the ReadyForQuery, and the effects.
                 self.copy_in_extended = true;
-                while matches!(self.queue.get(1), Some(Expect::Sync { .. })) {
-                    if let Some(Expect::Sync { effects }) = self.queue.remove(1) {
-                        self.pipeline_effects.splice(0..0, effects);
-                    }
+                // Until that Sync, the segment is open again.
+                self.unsynced = true;
+                if matches!(self.queue.get(1), Some(Expect::Sync { .. }))
+                    && let Some(Expect::Sync { effects }) = self.queue.remove(1)
+                {
+                    self.pipeline_effects.splice(0..0, effects);
                 }
             }
             be::CLOSE_COMPLETE => self.pop_if(|e| matches!(e, Expect::Close)),
@@ -1831,7 +1837,8 @@ impl<'a> Relay<'a> {
                     && !settled_later
                     && let Some(message) = message
                 {
-                    self.note_transaction_end(&message[5..]);
+                    let in_query = matches!(self.queue.front(), Some(Expect::Query { .. }));
+                    self.note_transaction_end(&message[5..], !in_query);
                 }
                 self.pop_if(|e| matches!(e, Expect::Execute));
             }
@@ -1925,8 +1932,10 @@ impl<'a> Relay<'a> {
     }
 
     /// COMMIT keeps the session SETs made in the transaction, ROLLBACK
-    /// drops them, as the server does.
-    fn note_transaction_end(&mut self, body: &[u8]) {
+    /// drops them, as the server does. `extended`: the statement ran by
+    /// Execute, and its text is not at hand; in a Query without session
+    /// effects it cannot be a ROLLBACK TO (that is an effect).
+    fn note_transaction_end(&mut self, body: &[u8], extended: bool) {
         if self.pending_effects.is_empty() {
             return; // COMMIT and ROLLBACK would both leave nothing to settle
         }
@@ -1939,10 +1948,28 @@ impl<'a> Relay<'a> {
                     self.settle(&effect);
                 }
             }
-            // ROLLBACK TO SAVEPOINT has the same tag: the ReadyForQuery
-            // after it tells them apart.
-            b"ROLLBACK" => self.rollback_seen = true,
+            // ROLLBACK TO SAVEPOINT has the same tag. Bound in the same
+            // segment, it may be this one: the ReadyForQuery after it
+            // tells whether the transaction went on.
+            b"ROLLBACK" if extended && self.segment_rolls_back_to_savepoint() => {
+                self.rollback_seen = true;
+            }
+            // ROLLBACK (AND CHAIN).
+            b"ROLLBACK" => self.pending_effects.clear(),
             _ => {}
+        }
+    }
+
+    /// Whether the extended-protocol segment being answered bound a
+    /// ROLLBACK TO SAVEPOINT.
+    fn segment_rolls_back_to_savepoint(&self) -> bool {
+        let is_it = |e: &Effect| matches!(e, Effect::RollbackToSavepoint);
+        match self.queue.iter().find_map(|e| match e {
+            Expect::Sync { effects } => Some(effects),
+            _ => None,
+        }) {
+            Some(effects) => effects.iter().any(is_it),
+            None => self.pipeline_effects.iter().any(is_it),
         }
     }
 
