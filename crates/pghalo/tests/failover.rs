@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     TestLab, conninfo, conninfo_db, cut_off_from_wal, failover_section, node_client, pg_connect,
-    postmaster_pid, routing_config, signal_postmaster, start_failover_proxy, trace,
-    wait_for_replay, wait_for_topology,
+    postmaster_pid, routing_config, signal_postmaster, start_failover_proxy, stop_postmaster,
+    trace, wait_for_replay, wait_for_topology,
 };
 use pghalo::cluster::{NodeId, Role};
 use pghalo::coordinator::{Coordinator, Decision};
@@ -367,19 +367,6 @@ async fn assert_no_session_reaches(config: &common::ProxyConfig, password: &str,
     }
 }
 
-/// Sends SIGCONT to a stopped postmaster when dropped, however the test
-/// ends: a stopped server would outlive the lab.
-struct Resume(i32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0),
-            nix::sys::signal::Signal::SIGCONT,
-        );
-    }
-}
-
 /// A hung primary (its postmaster stopped with SIGSTOP: connections are
 /// accepted by the kernel, never answered) fails over (one check timeout
 /// and a promotion after it hangs); a session still attached to it ends with 57P01 instead
@@ -404,14 +391,8 @@ async fn a_hung_primary_is_replaced_within_the_check_timeout() {
         .unwrap();
     wait_for_replay(lab, Duration::from_secs(30)).await;
 
-    let postmaster = postmaster_pid(lab, "node0");
     let stopped = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(postmaster),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
-    let resume = Resume(postmaster);
+    let resume = stop_postmaster(lab, "node0");
 
     let replaced = daemon
         .cluster()
@@ -1038,13 +1019,7 @@ async fn a_standby_that_hangs_at_login_does_not_hold_the_failover() {
         .unwrap();
     wait_for_replay(lab, Duration::from_secs(30)).await;
 
-    let hung = postmaster_pid(lab, "node2");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(hung),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
-    let resume = Resume(hung);
+    let resume = stop_postmaster(lab, "node2");
     signal_postmaster(lab, "node0", nix::sys::signal::Signal::SIGKILL);
 
     let promoted = daemon

@@ -524,15 +524,6 @@ async fn a_set_that_fails_when_run_is_not_replayed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_cancel_never_reaches_the_next_client_of_the_connection() {
     use std::time::Duration;
-    struct Resume(i32);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0),
-                nix::sys::signal::Signal::SIGCONT,
-            );
-        }
-    }
     let test_lab = common::TestLab::build("tx-late-cancel", |o| o.backends = 1);
     let lab = &test_lab.lab;
     let config = ProxyConfig::write(
@@ -551,13 +542,7 @@ async fn a_late_cancel_never_reaches_the_next_client_of_the_connection() {
     // Opened now: no login gets through once the postmaster is stopped.
     let watcher = lab.connect("node0").await.unwrap();
 
-    let postmaster = common::postmaster_pid(lab, "node0");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(postmaster),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
-    let resume = Resume(postmaster);
+    let resume = common::stop_postmaster(lab, "node0");
     let token = canceller.cancel_token();
     let started = std::time::Instant::now();
     let first = tokio::spawn(async move {

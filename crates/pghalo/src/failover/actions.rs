@@ -198,18 +198,7 @@ impl Control {
     ) -> Result<(), ActionError> {
         // Connections may fail while the node restarts into a primary.
         poll_until(node, limit, Duration::from_millis(100), || async {
-            let answer = async {
-                let (client, _driver) = self.connect(node).await?;
-                let row = self
-                    .run(
-                        node,
-                        "pg_is_in_recovery",
-                        client.query_one("SELECT pg_catalog.pg_is_in_recovery()", &[]),
-                    )
-                    .await?;
-                Ok::<bool, ActionError>(row.get(0))
-            };
-            Ok(matches!(answer.await, Ok(false)))
+            Ok(matches!(self.is_in_recovery(node).await, Ok(false)))
         })
         .await
         .map_err(|e| e.or_reason(format!("still in recovery after {limit:?}")))

@@ -546,6 +546,31 @@ pub fn postmaster_pid(lab: &Lab, node: &str) -> i32 {
         .expect("a pid in postmaster.pid")
 }
 
+/// A postmaster stopped by [`stop_postmaster`]; SIGCONT when dropped,
+/// however the test ends: a stopped server would outlive the lab.
+pub struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
+/// Stops `node`'s postmaster (SIGSTOP): the kernel still accepts
+/// connections, nobody answers them, and its backends run on.
+pub fn stop_postmaster(lab: &Lab, node: &str) -> Resume {
+    let pid = postmaster_pid(lab, node);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("stopping the postmaster");
+    Resume(pid)
+}
+
 /// Sends `signal` to `node`'s postmaster (SIGKILL: it dies; SIGSTOP: it
 /// hangs while its backends run on).
 pub fn signal_postmaster(lab: &Lab, node: &str, signal: nix::sys::signal::Signal) {
