@@ -338,6 +338,22 @@ async fn a_committed_set_stays_with_its_client_only() {
     );
     assert_eq!(show(&setter, "work_mem").await, "5MB");
 
+    // ROLLBACK AND CHAIN ends the block (its SETs gone) and opens another.
+    for statement in [
+        "BEGIN",
+        "SET work_mem = '8MB'",
+        "ROLLBACK AND CHAIN",
+        "COMMIT",
+    ] {
+        setter.simple_query(statement).await.unwrap();
+    }
+    assert_eq!(show(&other, "work_mem").await, "4MB");
+    assert_eq!(
+        show(&setter, "work_mem").await,
+        "5MB",
+        "a rolled-back SET came back"
+    );
+
     setter.simple_query("DISCARD PLANS").await.unwrap();
     assert_eq!(
         show(&other, "work_mem").await,
