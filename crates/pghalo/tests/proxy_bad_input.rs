@@ -1526,3 +1526,27 @@ async fn a_refused_statement_rolls_back_its_segment_and_aborts_its_block() {
     drop(raw);
     proxy.assert_free_and_serving().await;
 }
+
+/// A SET and the ROLLBACK of its block in one pipeline segment (no Sync
+/// between them): the SET is gone, and is not replayed for its client on
+/// its next server connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_rolled_back_in_its_own_segment_is_not_replayed() {
+    let proxy = TrustProxy::start("pipelined-rollback", "", "transaction").await;
+    let (mut setter, _, _) = Raw::login(proxy.port(), &postgres_startup()).await;
+    let (mut other, _, _) = Raw::login(proxy.port(), &postgres_startup()).await;
+    assert_eq!(tags(&setter.simple("BEGIN").await), "CZ");
+    let mut segment = unnamed_run("SET work_mem = '9MB'");
+    segment.extend(unnamed_run("ROLLBACK"));
+    segment.extend(message(b'S', b""));
+    setter.send(&segment).await;
+    let msgs = setter.until_ready().await;
+    assert_eq!(tags(&msgs), "12C12CZ");
+    assert_eq!(msgs.last().map(|m| m.1.clone()), Some(vec![b'I']));
+    // The other client takes the one server connection between the two.
+    assert_eq!(tags(&other.simple("SELECT 1").await), "TDCZ");
+    let shown = setter.simple("SHOW work_mem").await;
+    assert_eq!(column_values(&shown), vec![Some("4MB".to_string())]);
+    drop((setter, other));
+    proxy.assert_free_and_serving().await;
+}

@@ -84,14 +84,13 @@ enum Expect {
     Bind,
     /// ParameterDescription (statements) and RowDescription or NoData.
     Describe,
-    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
-    Execute,
-    Close,
-    /// ReadyForQuery; `effects` are those of the statements the segment it
-    /// ends ran, settled by that ReadyForQuery and no other.
-    Sync {
+    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended;
+    /// `effects` are the bound statement's, settled by its CommandComplete.
+    Execute {
         effects: Vec<Effect>,
     },
+    Close,
+    Sync,
     /// Answered by the relay, in turn.
     Synthetic(Bytes),
     /// A statement the relay sent to fail in the server's parser, standing
@@ -237,17 +236,20 @@ pub(super) struct Relay<'a> {
     skip_until_sync: bool,
     /// An error was seen since the last Sync.
     pipeline_failed: bool,
-    /// Effects of statements bound since the last Sync.
-    pipeline_effects: Vec<Effect>,
-    /// Effects of the unnamed statement, counted at each Bind of it.
+    /// Effects of the statement last bound: what an Execute runs.
+    bound_effects: Vec<Effect>,
+    /// Effects of the unnamed statement, bound with it.
     unnamed_effects: Vec<Effect>,
+    /// Effects of statements the segment being answered ran outside a
+    /// transaction block: they stand if it ends without an error.
+    segment_implicit: Vec<Effect>,
+    /// Whether the segment being answered is inside a transaction block by
+    /// now (None: nothing of it answered yet).
+    segment_in_block: Option<bool>,
     /// Session SETs made inside the open transaction: kept on COMMIT.
     pending_effects: Vec<Effect>,
     /// `settings` changed since the last ReadyForQuery.
     settings_touched: bool,
-    /// A ROLLBACK tag was seen; the next ReadyForQuery tells whether it
-    /// ended the transaction or went back to a savepoint.
-    rollback_seen: bool,
     /// A ROLLBACK TO SAVEPOINT may have undone SETs still counted as
     /// pending: the server's settings are not known for sure.
     settings_uncertain: bool,
@@ -363,11 +365,12 @@ impl<'a> Relay<'a> {
             unsynced: false,
             skip_until_sync: false,
             pipeline_failed: false,
-            pipeline_effects: Vec::new(),
+            bound_effects: Vec::new(),
             unnamed_effects: Vec::new(),
+            segment_implicit: Vec::new(),
+            segment_in_block: None,
             pending_effects: Vec::new(),
             settings_touched: false,
-            rollback_seen: false,
             settings_uncertain: false,
             copy_in_extended: false,
             tx_status: b'I',
@@ -1428,7 +1431,8 @@ impl<'a> Relay<'a> {
             fe::EXECUTE => {
                 self.unsynced = true;
                 self.sout.extend_from_slice(&message);
-                self.queue.push_back(Expect::Execute);
+                let effects = self.bound_effects.clone();
+                self.queue.push_back(Expect::Execute { effects });
             }
             fe::SYNC if self.copy_in_extended => {
                 // The server ignores it in copy-in mode: nothing answers it.
@@ -1439,8 +1443,7 @@ impl<'a> Relay<'a> {
                 self.unsynced = false;
                 self.skip_until_sync = false;
                 self.sout.extend_from_slice(&message);
-                let effects = std::mem::take(&mut self.pipeline_effects);
-                self.queue.push_back(Expect::Sync { effects });
+                self.queue.push_back(Expect::Sync);
             }
             fe::COPY_DONE | fe::COPY_FAIL => {
                 self.copy_in_extended = false;
@@ -1585,15 +1588,16 @@ impl<'a> Relay<'a> {
         let bind = Bind::parse(body).map_err(|e| End::ClientProtocol(e.to_string()))?;
         match self.statement_for(fe::Target::Statement, bind.statement.as_bytes()) {
             Some((server_name, rest, effects)) => {
-                self.pipeline_effects.extend(effects);
+                self.bound_effects = effects;
                 self.ensure_prepared(&server_name, &rest);
                 bind.write_renamed(&mut self.sout, &server_name)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?;
             }
             None => {
                 if bind.statement.as_bytes().is_empty() {
-                    self.pipeline_effects
-                        .extend(self.unnamed_effects.iter().cloned());
+                    self.bound_effects.clone_from(&self.unnamed_effects);
+                } else {
+                    self.bound_effects.clear();
                 }
                 self.sout.extend_from_slice(&message);
             }
@@ -1797,17 +1801,15 @@ impl<'a> Relay<'a> {
                 }
             }
             be::BIND_COMPLETE => self.pop_if(|e| matches!(e, Expect::Bind)),
-            be::COPY_IN_RESPONSE if matches!(self.queue.front(), Some(Expect::Execute)) => {
+            be::COPY_IN_RESPONSE if matches!(self.queue.front(), Some(Expect::Execute { .. })) => {
                 // The Sync sent with the Execute reached a server in
                 // copy-in mode, which ignored it: the one after CopyDone
-                // or CopyFail gets the ReadyForQuery, and the effects.
+                // or CopyFail gets the ReadyForQuery.
                 self.copy_in_extended = true;
                 // Until that Sync, the segment is open again.
                 self.unsynced = true;
-                if matches!(self.queue.get(1), Some(Expect::Sync { .. }))
-                    && let Some(Expect::Sync { effects }) = self.queue.remove(1)
-                {
-                    self.pipeline_effects.splice(0..0, effects);
+                if matches!(self.queue.get(1), Some(Expect::Sync)) {
+                    self.queue.remove(1);
                 }
             }
             be::CLOSE_COMPLETE => self.pop_if(|e| matches!(e, Expect::Close)),
@@ -1825,22 +1827,25 @@ impl<'a> Relay<'a> {
                 {
                     tags.push(String::from_utf8_lossy(cc.command()).into_owned());
                 }
-                // A Query with session effects settles its statements at
-                // its ReadyForQuery (query_effects); any other COMMIT or
-                // ROLLBACK settles the pending SETs here.
-                let settled_later = matches!(
-                    self.queue.front(),
-                    Some(Expect::Query { effects, .. })
-                        if effects.iter().any(|e| !matches!(e, Effect::Plain))
-                );
                 if tag == be::COMMAND_COMPLETE
-                    && !settled_later
                     && let Some(message) = message
                 {
-                    let in_query = matches!(self.queue.front(), Some(Expect::Query { .. }));
-                    self.note_transaction_end(&message[5..], !in_query);
+                    match self.queue.front_mut() {
+                        Some(Expect::Execute { effects }) => {
+                            let effects = std::mem::take(effects);
+                            self.statement_done(effects, &message[5..]);
+                        }
+                        // A Query with session effects settles its
+                        // statements at its ReadyForQuery (query_effects).
+                        Some(Expect::Query { effects, .. })
+                            if effects.iter().all(|e| matches!(e, Effect::Plain)) =>
+                        {
+                            self.note_transaction_end(&message[5..]);
+                        }
+                        _ => {}
+                    }
                 }
-                self.pop_if(|e| matches!(e, Expect::Execute));
+                self.pop_if(|e| matches!(e, Expect::Execute { .. }));
             }
             be::ERROR_RESPONSE if matches!(self.queue.front(), Some(Expect::Refused { .. })) => {
                 forward = false;
@@ -1910,7 +1915,7 @@ impl<'a> Relay<'a> {
             Some(Expect::FunctionCall) => {}
             _ => {
                 while let Some(front) = self.queue.front() {
-                    if matches!(front, Expect::Sync { .. }) {
+                    if matches!(front, Expect::Sync) {
                         break;
                     }
                     if let Some(Expect::Parse {
@@ -1931,11 +1936,10 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// COMMIT keeps the session SETs made in the transaction, ROLLBACK
-    /// drops them, as the server does. `extended`: the statement ran by
-    /// Execute, and its text is not at hand; in a Query without session
-    /// effects it cannot be a ROLLBACK TO (that is an effect).
-    fn note_transaction_end(&mut self, body: &[u8], extended: bool) {
+    /// A Query without session effects ended: COMMIT keeps the session
+    /// SETs made in the transaction, ROLLBACK (not ROLLBACK TO, which is an
+    /// effect) drops them, as the server does.
+    fn note_transaction_end(&mut self, body: &[u8]) {
         if self.pending_effects.is_empty() {
             return; // COMMIT and ROLLBACK would both leave nothing to settle
         }
@@ -1948,29 +1952,50 @@ impl<'a> Relay<'a> {
                     self.settle(&effect);
                 }
             }
-            // ROLLBACK TO SAVEPOINT has the same tag. Bound in the same
-            // segment, it may be this one: the ReadyForQuery after it
-            // tells whether the transaction went on.
-            b"ROLLBACK" if extended && self.segment_rolls_back_to_savepoint() => {
-                self.rollback_seen = true;
-            }
             // ROLLBACK (AND CHAIN).
             b"ROLLBACK" => self.pending_effects.clear(),
             _ => {}
         }
     }
 
-    /// Whether the extended-protocol segment being answered bound a
-    /// ROLLBACK TO SAVEPOINT.
-    fn segment_rolls_back_to_savepoint(&self) -> bool {
-        let is_it = |e: &Effect| matches!(e, Effect::RollbackToSavepoint);
-        match self.queue.iter().find_map(|e| match e {
-            Expect::Sync { effects } => Some(effects),
-            _ => None,
-        }) {
-            Some(effects) => effects.iter().any(is_it),
-            None => self.pipeline_effects.iter().any(is_it),
+    /// An Execute's statement completed: its effects are settled in the
+    /// order the server ran them, as query_effects does for a Query. Those
+    /// outside a block wait for the segment's end (an error before its
+    /// Sync rolls them back).
+    fn statement_done(&mut self, effects: Vec<Effect>, body: &[u8]) {
+        let mut in_block = self.segment_in_block.unwrap_or(self.tx_status != b'I');
+        let command = be::CommandComplete::parse(body).ok().map(|cc| cc.command());
+        if matches!(command, Some(b"BEGIN" | b"START TRANSACTION")) {
+            in_block = true;
         }
+        let mut to_savepoint = false;
+        for effect in effects {
+            match effect {
+                Effect::Plain => {}
+                // Not transactional: gone even if the block rolls back.
+                Effect::DeallocateAll => self.forget_statements(),
+                Effect::RollbackToSavepoint => {
+                    to_savepoint = true;
+                    self.savepoint_rolled_back();
+                }
+                effect if in_block => self.pending_effects.push(effect),
+                effect => self.segment_implicit.push(effect),
+            }
+        }
+        match command {
+            Some(b"COMMIT") => {
+                for effect in std::mem::take(&mut self.pending_effects) {
+                    self.settle(&effect);
+                }
+                in_block = false;
+            }
+            Some(b"ROLLBACK") if !to_savepoint => {
+                self.pending_effects.clear();
+                in_block = false;
+            }
+            _ => {}
+        }
+        self.segment_in_block = Some(in_block);
     }
 
     /// A session effect that stands: the client's settings follow it.
@@ -2014,27 +2039,22 @@ impl<'a> Relay<'a> {
                     self.query_effects(before, &effects, &tags, failed);
                 }
             }
-            Some(Expect::Sync { effects: done }) => {
-                changed = done.iter().any(|e| !matches!(e, Effect::Plain));
-                if changed && !self.pipeline_failed {
-                    for effect in done {
-                        match effect {
-                            Effect::DeallocateAll => self.forget_statements(),
-                            Effect::RollbackToSavepoint => self.savepoint_rolled_back(),
-                            effect if status == b'I' => self.settle(&effect),
-                            effect => self.pending_effects.push(effect),
-                        }
+            Some(Expect::Sync) => {
+                let implicit = std::mem::take(&mut self.segment_implicit);
+                changed = !implicit.is_empty();
+                if !self.pipeline_failed {
+                    if status == b'I' {
+                        implicit.iter().for_each(|e| self.settle(e));
+                    } else {
+                        // A block the segment opened holds them now.
+                        self.pending_effects.extend(implicit);
                     }
                 }
             }
             _ => {}
         }
         changed |= std::mem::take(&mut self.settings_touched);
-        if std::mem::take(&mut self.rollback_seen) && status != b'I' {
-            // A ROLLBACK that leaves the transaction open went back to a
-            // savepoint.
-            self.savepoint_rolled_back();
-        }
+        self.segment_in_block = None;
         self.pipeline_failed = false;
         if status == b'I' && self.ddl_ran {
             // Committed (or rolled back): pg_proc may say something new.
