@@ -1110,3 +1110,49 @@ async fn a_promotion_that_finishes_late_is_carried_through() {
     write_through(config.port, &password, 1, Duration::from_secs(10)).await;
     daemon.stop();
 }
+
+/// failover_on_backend_error = false: a read planned for a standby that
+/// refuses connections, while the checks still count it up, goes to the
+/// primary at once instead of being planned for that standby again and
+/// again until its next regular check (here a minute away).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_checks_on_errors_a_lost_standbys_read_goes_to_the_primary() {
+    trace();
+    let test_lab = TestLab::build("failover-no-error-checks", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    let sections = format!(
+        "[load_balance]\nstatement_level_load_balance = true\n\n{}\n{}",
+        common::monitor_section(lab, ""),
+        failover_section(lab, "failover_on_backend_error = false\n")
+    );
+    let config = routing_config(lab, "failover-no-error-checks", &sections, &[0.0, 0.0, 1.0]);
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    common::write_file(
+        &config.path(),
+        &format!("{text}health_check_period = \"60s\"\n"),
+    );
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let info = conninfo(config.port, "postgres", &password);
+    let port = |name: &str| i32::from(lab.node(name).unwrap().port);
+    let read = "SELECT inet_server_port()";
+    let before = pg_connect(&info).await.unwrap();
+    let first: i32 = before.query_one(read, &[]).await.unwrap().get(0);
+    assert_eq!(first, port("node2"), "reads go to node2 by weight");
+    drop(before);
+
+    signal_postmaster(lab, "node2", nix::sys::signal::Signal::SIGKILL);
+    // Its backends leave as they see the postmaster gone; its pooled
+    // connections with them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = pg_connect(&info).await.unwrap();
+    for _ in 0..3 {
+        let served = tokio::time::timeout(Duration::from_secs(10), client.query_one(read, &[]))
+            .await
+            .expect("the read was sent back to the lost standby over and over")
+            .unwrap();
+        assert_eq!(served.get::<_, i32>(0), port("node0"));
+    }
+    daemon.stop();
+}

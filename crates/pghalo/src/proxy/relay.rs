@@ -465,11 +465,17 @@ impl<'a> Relay<'a> {
                     }
                     self.retarget(node);
                     if self.planned.take().is_some() {
-                        // A request planned for the lost node is planned
-                        // again on the topology the check left (the node
-                        // now down); kept, it would send the relay back to
-                        // the lost node again and again.
-                        return Ok(());
+                        if self.proxy.settings().check_on_backend_error {
+                            // A request planned for the lost node is planned
+                            // again on the topology the check left (the node
+                            // now down); kept, it would send the relay back
+                            // to the lost node again and again.
+                            return Ok(());
+                        }
+                        // No check was asked for: the topology still offers
+                        // the lost node, and planning again would pick it
+                        // again, at once, forever. This request goes here.
+                        self.planned = Some(node);
                     }
                     self.proxy
                         .pools
