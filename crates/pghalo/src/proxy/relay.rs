@@ -1833,7 +1833,10 @@ impl<'a> Relay<'a> {
                 {
                     tags.push(String::from_utf8_lossy(cc.command()).into_owned());
                 }
+                // Without tracking (session mode, no balancing) nothing
+                // has effects: no tag to read.
                 if tag == be::COMMAND_COMPLETE
+                    && self.tracking()
                     && let Some(message) = message
                 {
                     match self.queue.front_mut() {
