@@ -1842,7 +1842,10 @@ impl<'a> Relay<'a> {
                     match self.queue.front_mut() {
                         Some(Expect::Execute { effects }) => {
                             let effects = std::mem::take(effects);
-                            self.statement_done(effects, &message[5..]);
+                            let command = be::CommandComplete::parse(&message[5..])
+                                .ok()
+                                .map(|cc| cc.command());
+                            self.statement_done(effects, command);
                         }
                         // A Query with session effects settles its
                         // statements at its ReadyForQuery (query_effects).
@@ -1967,13 +1970,16 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// An Execute's statement completed: its effects are settled in the
-    /// order the server ran them, as query_effects does for a Query. Those
-    /// outside a block wait for the segment's end (an error before its
-    /// Sync rolls them back).
-    fn statement_done(&mut self, effects: Vec<Effect>, body: &[u8]) {
+    /// A statement completed (an Execute's, or one of a Query's): its
+    /// effects are settled in the order the server ran them. Those outside
+    /// a block wait for the end of the segment or Query (an error before
+    /// it rolls them back).
+    fn statement_done(
+        &mut self,
+        effects: impl IntoIterator<Item = Effect>,
+        command: Option<&[u8]>,
+    ) {
         let mut in_block = self.segment_in_block.unwrap_or(self.tx_status != b'I');
-        let command = be::CommandComplete::parse(body).ok().map(|cc| cc.command());
         if matches!(command, Some(b"BEGIN" | b"START TRANSACTION")) {
             in_block = true;
         }
@@ -2045,7 +2051,7 @@ impl<'a> Relay<'a> {
             }) => {
                 changed = effects.iter().any(|e| !matches!(e, Effect::Plain));
                 if changed {
-                    self.query_effects(before, &effects, &tags, failed);
+                    self.query_effects(&effects, &tags, failed);
                 }
             }
             Some(Expect::Sync) => {
@@ -2096,36 +2102,12 @@ impl<'a> Relay<'a> {
     /// statement, the way the server settled them: outside an explicit
     /// block they stand unless the (implicit) transaction failed; inside one
     /// they wait for its COMMIT and vanish with its ROLLBACK.
-    fn query_effects(&mut self, before: u8, effects: &[Effect], tags: &[String], failed: bool) {
-        let mut in_block = before != b'I';
-        let mut implicit = Vec::new();
+    fn query_effects(&mut self, effects: &[Effect], tags: &[String], failed: bool) {
+        // Only statements that completed have a tag.
         for (effect, tag) in effects.iter().zip(tags) {
-            let tag = tag.as_str();
-            if tag == "BEGIN" || tag == "START TRANSACTION" {
-                in_block = true;
-            }
-            match effect {
-                Effect::Plain => {}
-                // Not transactional: gone even if the block rolls back.
-                Effect::DeallocateAll => self.forget_statements(),
-                Effect::RollbackToSavepoint => self.savepoint_rolled_back(),
-                effect if in_block => self.pending_effects.push(effect.clone()),
-                effect => implicit.push(effect.clone()),
-            }
-            match tag {
-                "COMMIT" => {
-                    for e in std::mem::take(&mut self.pending_effects) {
-                        self.settle(&e);
-                    }
-                    in_block = false;
-                }
-                "ROLLBACK" if !matches!(effect, Effect::RollbackToSavepoint) => {
-                    self.pending_effects.clear();
-                    in_block = false;
-                }
-                _ => {}
-            }
+            self.statement_done([effect.clone()], Some(tag.as_bytes()));
         }
+        let implicit = std::mem::take(&mut self.segment_implicit);
         if !failed {
             implicit.iter().for_each(|e| self.settle(e));
         }
@@ -2159,10 +2141,8 @@ impl<'a> Relay<'a> {
         if let Some(error) = reply {
             error.write(&mut self.cout);
         }
-        if !self.cout.is_empty() && !matches!(end, End::ClientGone) {
-            use tokio::io::AsyncWriteExt;
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.client.write_all(&self.cout))
-                .await;
+        if !matches!(end, End::ClientGone) {
+            self.flush_client().await;
         }
         let Some(mut pooled) = self.server.take() else {
             return;
