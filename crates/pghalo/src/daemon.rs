@@ -23,6 +23,7 @@ use crate::failover::{FailoverSettings, FailoverTask};
 use crate::health::{CatalogLoader, MonitorSettings, ReplicationMonitor};
 use crate::net::tls::{ClientTls, ServerTls, TlsError};
 use crate::pool::PoolSettings;
+use crate::proxy::workers::{self, SessionWorkers};
 use crate::proxy::{AuthFiles, Proxy, ProxySettings};
 use crate::router::CatalogVolatility;
 
@@ -54,6 +55,8 @@ pub enum DaemonError {
     NotRunning { path: PathBuf, why: String },
     #[error("pghalo (pid {0}) did not stop within 30 s")]
     StopTimeout(i32),
+    #[error("cannot start the session worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running pghalo instance.
@@ -232,12 +235,32 @@ impl Daemon {
             ),
             None => None,
         };
+        let workers = Arc::new(
+            SessionWorkers::start(match config.daemon.worker_threads {
+                0 => workers::default_count(),
+                n => n as usize,
+            })
+            .map_err(DaemonError::Workers)?,
+        );
+        // Each accept loop runs on a worker, which keeps the clients it
+        // accepts while it is no busier than the others.
+        let mut next_worker = 0;
         for listener in tcp {
-            tokio::spawn(proxy.clone().serve_tcp(listener, watcher.clone()));
+            let listener = listener.into_std().map_err(DaemonError::Workers)?;
+            let (proxy, workers_, watcher) = (proxy.clone(), workers.clone(), watcher.clone());
+            workers.spawn_on(next_worker, move || {
+                proxy.serve_tcp(listener, workers_, watcher)
+            });
+            next_worker += 1;
         }
         let mut unix_paths = Vec::new();
         for (listener, path) in unix {
-            tokio::spawn(proxy.clone().serve_unix(listener, watcher.clone()));
+            let listener = listener.into_std().map_err(DaemonError::Workers)?;
+            let (proxy, workers_, watcher) = (proxy.clone(), workers.clone(), watcher.clone());
+            workers.spawn_on(next_worker, move || {
+                proxy.serve_unix(listener, workers_, watcher)
+            });
+            next_worker += 1;
             unix_paths.push(path);
         }
         if let Some(pid_file) = &config.daemon.pid_file_name {

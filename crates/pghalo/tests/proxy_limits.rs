@@ -231,3 +231,67 @@ async fn reload_and_stop_commands_reach_the_running_daemon() {
     let (ok, _, stderr) = common::pghalo(&["reload", "-c", config.to_str().unwrap()]);
     assert!(!ok && stderr.contains("no pghalo is running"), "{stderr}");
 }
+
+/// Sessions run on several single-threaded workers; a server connection
+/// opened on one and checked out on another moves its socket there, and
+/// goes on working (the same server process answers).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_moves_to_the_worker_that_checks_it_out() {
+    use pghalo::backend::{BackendCredentials, BackendTls, ServerAddr};
+    use pghalo::pool::{PoolKey, PoolSettings, Pools};
+    use pghalo::proxy::workers::SessionWorkers;
+    use std::sync::Arc;
+
+    let lab = &shared_lab().lab;
+    let pools = Arc::new(Pools::new(PoolSettings::default()));
+    let workers = SessionWorkers::start(2).unwrap();
+    let key = PoolKey {
+        node: 0,
+        database: "postgres".into(),
+        user: "postgres".into(),
+    };
+    let addr = ServerAddr {
+        host: "127.0.0.1".into(),
+        port: lab.node("node0").unwrap().port,
+        tls: BackendTls::Disable,
+    };
+    let credentials = BackendCredentials::Password(password().into_bytes());
+    // On worker `index`: check out, ask the server its pid, give it back.
+    let use_on = |index: usize| {
+        let (pools, key, addr, credentials) = (
+            pools.clone(),
+            key.clone(),
+            addr.clone(),
+            credentials.clone(),
+        );
+        let (done, result) = tokio::sync::oneshot::channel();
+        workers.spawn_session(index, move || async move {
+            let outcome = async {
+                let mut pooled = pools.checkout(&key, &addr, &credentials).await?;
+                let conn = pooled.get().ok_or("no connection")?;
+                let home = conn.is_home();
+                let pid = conn.query_value("SELECT pg_backend_pid()").await?;
+                pooled.release(false).await;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((home, pid))
+            }
+            .await
+            .map_err(|e| e.to_string());
+            let _ = done.send(outcome);
+        });
+        result
+    };
+    let (home, first) = use_on(0).await.unwrap().unwrap();
+    assert!(
+        home,
+        "a new connection belongs to the worker that opened it"
+    );
+    assert_eq!(pools.counts(&key).0, 1, "one idle connection");
+    let (home, second) = use_on(1).await.unwrap().unwrap();
+    assert!(
+        home,
+        "the idle connection was not moved to the other worker"
+    );
+    assert_eq!(first, second, "the idle connection was not the one reused");
+    let (home, third) = use_on(0).await.unwrap().unwrap();
+    assert!(home && third == first, "and it moves back");
+}

@@ -226,6 +226,8 @@ pub struct ServerConnection {
     /// Fingerprint of the client settings last applied here (0: none, the
     /// connection's own defaults).
     pub applied_settings: u64,
+    /// The runtime the socket is registered with.
+    home: crate::net::home::Home,
 }
 
 impl ServerConnection {
@@ -271,6 +273,7 @@ impl ServerConnection {
             last_used: Instant::now(),
             prepared: std::collections::HashSet::new(),
             applied_settings: 0,
+            home: crate::net::home::here(),
         };
         let mut out = BytesMut::new();
         let params = [("user", user), ("database", database)];
@@ -291,6 +294,21 @@ impl ServerConnection {
 
     pub fn stream(&mut self) -> &mut Stream {
         &mut self.stream
+    }
+
+    /// Whether the socket is registered with the calling thread's runtime.
+    pub fn is_home(&self) -> bool {
+        self.home == crate::net::home::here()
+    }
+
+    /// Moves the socket's registration to the calling thread's runtime
+    /// (see `net::home`).
+    pub fn rehome(mut self) -> std::io::Result<ServerConnection> {
+        if !self.is_home() {
+            self.stream = self.stream.rehome()?;
+            self.home = crate::net::home::here();
+        }
+        Ok(self)
     }
 
     /// The socket and the read buffer, borrowed apart for a relay.

@@ -270,6 +270,10 @@ pub struct DaemonConfig {
         serialize_with = "serialize_optional_path"
     )]
     pub ctl_socket: Option<PathBuf>,
+    /// Threads that run client sessions, each a single-threaded runtime
+    /// with the sessions it was given (PgBouncer is one such thread).
+    /// 0 = one per CPU.
+    pub worker_threads: u32,
 }
 
 impl Default for DaemonConfig {
@@ -278,6 +282,7 @@ impl Default for DaemonConfig {
             pid_file_name: None,
             state_file: Some(PathBuf::from("pghalo.state")),
             ctl_socket: Some(PathBuf::from("pghalo.ctl")),
+            worker_threads: 0,
         }
     }
 }

@@ -264,6 +264,12 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         &old.daemon.ctl_socket,
         &new.daemon.ctl_socket,
     );
+    d.field(
+        Restart,
+        "daemon.worker_threads",
+        &old.daemon.worker_threads,
+        &new.daemon.worker_threads,
+    );
 
     diff_streaming_replication(&mut d, old, new);
     diff_health_check(&mut d, old, new);

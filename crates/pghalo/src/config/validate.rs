@@ -43,7 +43,24 @@ pub(super) fn check(config: &Config) -> Result<(), Problem> {
     check_streaming_replication(config)?;
     check_health_check(config)?;
     check_load_balance(config)?;
-    check_failover(config)
+    check_failover(config)?;
+    check_daemon(config)
+}
+
+/// More threads than this is a typo, not a machine.
+const MAX_WORKER_THREADS: u32 = 1024;
+
+fn check_daemon(config: &Config) -> Result<(), Problem> {
+    if config.daemon.worker_threads > MAX_WORKER_THREADS {
+        return at(
+            key("daemon", "worker_threads"),
+            format!(
+                "{} is more than {MAX_WORKER_THREADS}; 0 means one per CPU",
+                config.daemon.worker_threads
+            ),
+        );
+    }
+    Ok(())
 }
 
 fn check_failover(config: &Config) -> Result<(), Problem> {
@@ -476,6 +493,28 @@ mod tests {
         let ok =
             Config::from_str_with_name("[[backend]]\nhost = \"a\"\nport = 65535\n", FILE).unwrap();
         assert_eq!(ok.backends[0].port, 65535);
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        rejects(
+            &format!("[daemon]\nworker_threads = 5000\n{BACKEND}"),
+            2,
+            "daemon.worker_threads",
+            "5000 is more than 1024",
+        );
+        rejects(
+            &format!("[daemon]\nworker_threads = -1\n{BACKEND}"),
+            2,
+            "daemon.worker_threads",
+            "",
+        );
+        let ok = Config::from_str_with_name(
+            &format!("[daemon]\nworker_threads = 3\n{BACKEND}"),
+            FILE,
+        )
+        .unwrap();
+        assert_eq!(ok.daemon.worker_threads, 3);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Owns: sockets as streams, TLS configurations, framed reads. Must not:
 //! route or pool.
 
+pub mod home;
 pub mod tls;
 
 use std::io;
@@ -57,6 +58,18 @@ impl Stream {
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         // The socket is non-blocking: nothing to read is WouldBlock.
         !matches!(sock.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Re-registers the socket with the calling thread's runtime, so its
+    /// readiness is delivered here (`home`). A TLS stream keeps its
+    /// registration: it still works from any thread, through a wake-up of
+    /// its home thread for each event.
+    pub fn rehome(self) -> io::Result<Stream> {
+        match self {
+            Stream::Tcp(s) => Ok(Stream::Tcp(TcpStream::from_std(s.into_std()?)?)),
+            Stream::Unix(s) => Ok(Stream::Unix(UnixStream::from_std(s.into_std()?)?)),
+            tls => Ok(tls),
+        }
     }
 
     /// Only TCP carries TLS: PostgreSQL answers 'N' to an SSLRequest on a

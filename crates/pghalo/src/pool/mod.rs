@@ -173,6 +173,13 @@ impl Pools {
                 tokio::spawn(conn.terminate());
                 continue;
             }
+            let conn = match conn.rehome() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::debug!(server = %addr, "an idle connection cannot move to this worker: {e}");
+                    continue;
+                }
+            };
             return Ok(PooledConnection {
                 conn: Some(conn),
                 shard,
@@ -314,8 +321,15 @@ impl Pools {
 }
 
 impl Shard {
+    /// The most recently used idle connection whose socket is registered
+    /// here, else the most recently used one.
     fn pop_idle(&self) -> Option<ServerConnection> {
-        self.idle.lock().ok()?.pop()
+        let mut idle = self.idle.lock().ok()?;
+        let at = idle.iter().rposition(ServerConnection::is_home);
+        match at {
+            Some(at) => Some(idle.remove(at)),
+            None => idle.pop(),
+        }
     }
 }
 

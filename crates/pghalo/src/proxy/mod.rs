@@ -14,6 +14,7 @@ mod session;
 mod startup;
 mod startup_params;
 mod tx_policy;
+pub mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,7 @@ use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use pghalo_protocol::SqlState;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 
 pub use client_auth::{AuthFiles, Peer, TlsState};
@@ -36,6 +37,7 @@ use crate::net::tls::ServerTls;
 use crate::pool::{PoolSettings, Pools};
 use cancel::CancelMap;
 use startup::{Opening, StartupFailure, read_opening};
+use workers::SessionWorkers;
 
 /// What the client side works with; replaced whole on reload.
 #[derive(Debug, Clone, PartialEq)]
@@ -351,21 +353,46 @@ impl Proxy {
         self.pools.update_settings(pool);
     }
 
-    /// Accepts TCP clients until `shutdown` turns true.
+    /// Accepts TCP clients until `shutdown` turns true, and starts each
+    /// session on the least busy worker. Runs on a worker itself.
     pub async fn serve_tcp(
         self: Arc<Self>,
-        listener: TcpListener,
+        listener: std::net::TcpListener,
+        workers: Arc<SessionWorkers>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("cannot serve a TCP listener: {e}");
+                return;
+            }
+        };
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, addr)) => {
-                        // Boxed: tokio moves a task's future several times
-                        // while spawning and finishing it, and a session's
-                        // future is kilobytes.
-                        let session = self.clone().handle(Stream::tcp(socket), Peer::Tcp(addr));
-                        tokio::spawn(Box::pin(session));
+                        let worker = workers.pick();
+                        let peer = Peer::Tcp(addr);
+                        if workers.is_current(worker) {
+                            let session = self.clone().handle(Stream::tcp(socket), peer);
+                            workers.spawn_session(worker, move || session);
+                            continue;
+                        }
+                        let socket = match socket.into_std() {
+                            Ok(socket) => socket,
+                            Err(e) => {
+                                tracing::warn!(%peer, "cannot hand a client over to a worker: {e}");
+                                continue;
+                            }
+                        };
+                        let proxy = self.clone();
+                        workers.spawn_session(worker, move || async move {
+                            match TcpStream::from_std(socket) {
+                                Ok(socket) => proxy.handle(Stream::tcp(socket), peer).await,
+                                Err(e) => tracing::warn!(%peer, "cannot take a client over: {e}"),
+                            }
+                        });
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -378,18 +405,45 @@ impl Proxy {
         }
     }
 
-    /// Accepts Unix-socket clients until `shutdown` turns true.
+    /// Accepts Unix-socket clients until `shutdown` turns true; as
+    /// [`serve_tcp`](Self::serve_tcp).
     pub async fn serve_unix(
         self: Arc<Self>,
-        listener: UnixListener,
+        listener: std::os::unix::net::UnixListener,
+        workers: Arc<SessionWorkers>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let listener = match UnixListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("cannot serve a Unix-socket listener: {e}");
+                return;
+            }
+        };
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, _)) => {
-                        let session = self.clone().handle(Stream::Unix(socket), Peer::Unix);
-                        tokio::spawn(Box::pin(session));
+                        let worker = workers.pick();
+                        if workers.is_current(worker) {
+                            let session = self.clone().handle(Stream::Unix(socket), Peer::Unix);
+                            workers.spawn_session(worker, move || session);
+                            continue;
+                        }
+                        let socket = match socket.into_std() {
+                            Ok(socket) => socket,
+                            Err(e) => {
+                                tracing::warn!("cannot hand a client over to a worker: {e}");
+                                continue;
+                            }
+                        };
+                        let proxy = self.clone();
+                        workers.spawn_session(worker, move || async move {
+                            match UnixStream::from_std(socket) {
+                                Ok(socket) => proxy.handle(Stream::Unix(socket), Peer::Unix).await,
+                                Err(e) => tracing::warn!("cannot take a client over: {e}"),
+                            }
+                        });
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");

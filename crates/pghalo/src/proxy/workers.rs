@@ -1,0 +1,196 @@
+//! The data path's threads: each worker is a single-threaded tokio runtime
+//! on a thread of its own, and runs whole client sessions. A session's
+//! client socket, its server connection and its timers are all polled by
+//! the one thread, so relaying a request and its reply never wakes another
+//! thread. (tokio's work-stealing runtime, which pghalo used before, moved
+//! sessions between its threads and woke a parked one on most
+//! transactions: 0.9 context switches per pgbench transaction against
+//! PgBouncer's 0.5.)
+//!
+//! The control path (health checks, failover, the admin sockets) stays on
+//! the main runtime; only sessions come here.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, oneshot};
+
+use crate::net::home::{self, Home};
+
+/// The session workers of one pghalo instance.
+#[derive(Debug)]
+pub struct SessionWorkers {
+    workers: Vec<Worker>,
+}
+
+#[derive(Debug)]
+struct Worker {
+    id: Home,
+    handle: Handle,
+    load: Arc<Load>,
+    /// Dropped (with the `SessionWorkers`) to tell the thread to end once
+    /// its last session has.
+    _stop: oneshot::Sender<()>,
+}
+
+/// Sessions running on one worker.
+#[derive(Debug, Default)]
+struct Load {
+    sessions: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts a session for as long as it runs, even when cancelled.
+struct Running(Arc<Load>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl SessionWorkers {
+    /// Starts `count` workers (at least one).
+    pub fn start(count: usize) -> io::Result<SessionWorkers> {
+        let mut workers = Vec::with_capacity(count.max(1));
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let id = home::claim();
+            let load = Arc::new(Load::default());
+            let (stop, stopped) = oneshot::channel::<()>();
+            let handle = runtime.handle().clone();
+            let thread_load = load.clone();
+            std::thread::Builder::new()
+                .name(format!("pghalo-worker-{index}"))
+                .spawn(move || {
+                    home::enter(id);
+                    runtime.block_on(async move {
+                        let _ = stopped.await;
+                        // Sessions already running finish on their own, as
+                        // they did before the daemon stopped accepting.
+                        loop {
+                            let idle = thread_load.idle.notified();
+                            if thread_load.sessions.load(Ordering::Acquire) == 0 {
+                                break;
+                            }
+                            idle.await;
+                        }
+                    });
+                })?;
+            workers.push(Worker {
+                id,
+                handle,
+                load,
+                _stop: stop,
+            });
+        }
+        Ok(SessionWorkers { workers })
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// The worker with the fewest sessions, the calling thread's own on a
+    /// tie: a session started where its socket was accepted needs no move.
+    pub fn pick(&self) -> usize {
+        let here = home::here();
+        let mut best = 0;
+        let mut best_load = usize::MAX;
+        for (index, worker) in self.workers.iter().enumerate() {
+            let load = worker.load.sessions.load(Ordering::Relaxed);
+            if load < best_load || load == best_load && worker.id == here {
+                best = index;
+                best_load = load;
+            }
+        }
+        best
+    }
+
+    /// Whether the calling thread is worker `index`.
+    pub fn is_current(&self, index: usize) -> bool {
+        self.workers
+            .get(index)
+            .is_some_and(|w| w.id == home::here())
+    }
+
+    /// Runs a session on worker `index`. `make` runs on that worker, so the
+    /// sockets it registers belong to its runtime.
+    pub fn spawn_session<F, Fut>(&self, index: usize, make: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(worker) = self.workers.get(index % self.workers.len().max(1)) else {
+            return;
+        };
+        worker.load.sessions.fetch_add(1, Ordering::AcqRel);
+        let running = Running(worker.load.clone());
+        // Boxed: tokio moves a task's future several times while spawning
+        // and finishing it, and a session's future is kilobytes.
+        worker.handle.spawn(Box::pin(async move {
+            let _running = running;
+            make().await;
+        }));
+    }
+
+    /// Runs a task that is not a session (an accept loop) on worker `index`.
+    pub fn spawn_on<F, Fut>(&self, index: usize, make: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if let Some(worker) = self.workers.get(index % self.workers.len().max(1)) {
+            worker.handle.spawn(async move { make().await });
+        }
+    }
+}
+
+/// How many workers `0` (the default) means: one per CPU pghalo may use.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sessions_run_on_the_least_loaded_worker_and_count_while_they_run() {
+        let workers = Arc::new(SessionWorkers::start(2).expect("workers start"));
+        let (release, held) = tokio::sync::watch::channel(false);
+        let (ran_on, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..4 {
+            let index = workers.pick();
+            let mut held = held.clone();
+            let ran_on = ran_on.clone();
+            workers.spawn_session(index, move || async move {
+                let _ = ran_on.send((index, home::here()));
+                let _ = held.wait_for(|go| *go).await;
+            });
+        }
+        let mut per_worker = [0; 2];
+        let mut thread_ids = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let (index, thread) = seen.recv().await.expect("a session ran");
+            per_worker[index] += 1;
+            assert_ne!(thread, 0, "a session ran off the worker threads");
+            thread_ids.insert((index, thread));
+        }
+        assert_eq!(per_worker, [2, 2], "sessions spread by load");
+        assert_eq!(thread_ids.len(), 2, "each worker is one thread");
+        assert!(!workers.is_current(0) && !workers.is_current(1));
+        let _ = release.send(true);
+    }
+}
