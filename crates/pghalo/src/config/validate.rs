@@ -509,11 +509,9 @@ mod tests {
             "daemon.worker_threads",
             "",
         );
-        let ok = Config::from_str_with_name(
-            &format!("[daemon]\nworker_threads = 3\n{BACKEND}"),
-            FILE,
-        )
-        .unwrap();
+        let ok =
+            Config::from_str_with_name(&format!("[daemon]\nworker_threads = 3\n{BACKEND}"), FILE)
+                .unwrap();
         assert_eq!(ok.daemon.worker_threads, 3);
     }
 
