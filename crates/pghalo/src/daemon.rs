@@ -248,18 +248,14 @@ impl Daemon {
         for listener in tcp {
             let listener = listener.into_std().map_err(DaemonError::Workers)?;
             let (proxy, workers_, watcher) = (proxy.clone(), workers.clone(), watcher.clone());
-            workers.spawn_on(next_worker, move || {
-                proxy.serve_tcp(listener, workers_, watcher)
-            });
+            workers.spawn_on(next_worker, proxy.serve_tcp(listener, workers_, watcher));
             next_worker += 1;
         }
         let mut unix_paths = Vec::new();
         for (listener, path) in unix {
             let listener = listener.into_std().map_err(DaemonError::Workers)?;
             let (proxy, workers_, watcher) = (proxy.clone(), workers.clone(), watcher.clone());
-            workers.spawn_on(next_worker, move || {
-                proxy.serve_unix(listener, workers_, watcher)
-            });
+            workers.spawn_on(next_worker, proxy.serve_unix(listener, workers_, watcher));
             next_worker += 1;
             unix_paths.push(path);
         }

@@ -265,7 +265,7 @@ async fn an_idle_connection_moves_to_the_worker_that_checks_it_out() {
             credentials.clone(),
         );
         let (done, result) = tokio::sync::oneshot::channel();
-        workers.spawn_session(index, move || async move {
+        workers.spawn_session(index, async move {
             let outcome = async {
                 let mut pooled = pools.checkout(&key, &addr, &credentials).await?;
                 let conn = pooled.get().ok_or("no connection")?;

@@ -375,8 +375,7 @@ impl Proxy {
                         let worker = workers.pick();
                         let peer = Peer::Tcp(addr);
                         if workers.is_current(worker) {
-                            let session = self.clone().handle(Stream::tcp(socket), peer);
-                            workers.spawn_session(worker, move || session);
+                            workers.spawn_session(worker, self.clone().handle(Stream::tcp(socket), peer));
                             continue;
                         }
                         let socket = match socket.into_std() {
@@ -387,7 +386,7 @@ impl Proxy {
                             }
                         };
                         let proxy = self.clone();
-                        workers.spawn_session(worker, move || async move {
+                        workers.spawn_session(worker, async move {
                             match TcpStream::from_std(socket) {
                                 Ok(socket) => proxy.handle(Stream::tcp(socket), peer).await,
                                 Err(e) => tracing::warn!(%peer, "cannot take a client over: {e}"),
@@ -426,8 +425,7 @@ impl Proxy {
                     Ok((socket, _)) => {
                         let worker = workers.pick();
                         if workers.is_current(worker) {
-                            let session = self.clone().handle(Stream::Unix(socket), Peer::Unix);
-                            workers.spawn_session(worker, move || session);
+                            workers.spawn_session(worker, self.clone().handle(Stream::Unix(socket), Peer::Unix));
                             continue;
                         }
                         let socket = match socket.into_std() {
@@ -438,7 +436,7 @@ impl Proxy {
                             }
                         };
                         let proxy = self.clone();
-                        workers.spawn_session(worker, move || async move {
+                        workers.spawn_session(worker, async move {
                             match UnixStream::from_std(socket) {
                                 Ok(socket) => proxy.handle(Stream::Unix(socket), Peer::Unix).await,
                                 Err(e) => tracing::warn!("cannot take a client over: {e}"),

@@ -59,8 +59,11 @@ impl SessionWorkers {
     pub fn start(count: usize) -> io::Result<SessionWorkers> {
         let mut workers = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
+            // No signal or process driver: sessions use neither, and the
+            // process driver would look for orphans at every park.
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()?;
             let id = home::claim();
             let load = Arc::new(Load::default());
@@ -125,34 +128,28 @@ impl SessionWorkers {
             .is_some_and(|w| w.id == home::here())
     }
 
-    /// Runs a session on worker `index`. `make` runs on that worker, so the
-    /// sockets it registers belong to its runtime.
-    pub fn spawn_session<F, Fut>(&self, index: usize, make: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    /// Runs a session on worker `index`. The future is first polled there,
+    /// so the sockets it registers then belong to that worker's runtime.
+    pub fn spawn_session(&self, index: usize, session: impl Future<Output = ()> + Send + 'static) {
         let Some(worker) = self.workers.get(index % self.workers.len().max(1)) else {
             return;
         };
         worker.load.sessions.fetch_add(1, Ordering::AcqRel);
         let running = Running(worker.load.clone());
-        // Boxed: tokio moves a task's future several times while spawning
-        // and finishing it, and a session's future is kilobytes.
-        worker.handle.spawn(Box::pin(async move {
+        // Boxed on its own: a session's future is kilobytes, and a future
+        // captured by an async block and awaited there takes its room twice
+        // (10,000 idle clients).
+        let session = Box::pin(session);
+        worker.handle.spawn(async move {
             let _running = running;
-            make().await;
-        }));
+            session.await;
+        });
     }
 
     /// Runs a task that is not a session (an accept loop) on worker `index`.
-    pub fn spawn_on<F, Fut>(&self, index: usize, make: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    pub fn spawn_on(&self, index: usize, task: impl Future<Output = ()> + Send + 'static) {
         if let Some(worker) = self.workers.get(index % self.workers.len().max(1)) {
-            worker.handle.spawn(async move { make().await });
+            worker.handle.spawn(task);
         }
     }
 }
@@ -175,7 +172,7 @@ mod tests {
             let index = workers.pick();
             let mut held = held.clone();
             let ran_on = ran_on.clone();
-            workers.spawn_session(index, move || async move {
+            workers.spawn_session(index, async move {
                 let _ = ran_on.send((index, home::here()));
                 let _ = held.wait_for(|go| *go).await;
             });
