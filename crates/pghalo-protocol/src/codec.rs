@@ -282,6 +282,10 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Most messages a proxy writes itself (ParameterStatus, authentication
+/// requests, short queries) fit in this many bytes.
+const TYPICAL_MESSAGE: usize = 128;
+
 /// Appends one message to a buffer; see the module docs for the rollback.
 pub(crate) struct MessageWriter<'b> {
     dst: &'b mut BytesMut,
@@ -297,6 +301,9 @@ impl<'b> MessageWriter<'b> {
     /// Starts a message; `tag` is `None` for the untagged startup-phase
     /// packets.
     pub(crate) fn new(dst: &'b mut BytesMut, tag: Option<u8>, message: &'static str) -> Self {
+        // Room for a typical message at once: growing an empty buffer byte
+        // by byte doubles it from 8 bytes, an allocation per step.
+        dst.reserve(TYPICAL_MESSAGE);
         let start = dst.len();
         if let Some(tag) = tag {
             dst.put_u8(tag);

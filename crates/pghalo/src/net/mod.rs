@@ -23,6 +23,10 @@ use tls::{ClientTls, ServerTls};
 /// are read in several steps.
 pub const READ_CHUNK: usize = 16 * 1024;
 
+/// The least room a whole-message read makes: login messages are small, and
+/// a client's buffer stays with its session (10,000 idle clients).
+const MIN_READ: usize = 1024;
+
 /// A connected socket, whatever its transport.
 #[derive(Debug)]
 pub enum Stream {
@@ -248,7 +252,7 @@ pub async fn read_message<S: AsyncRead + Unpin>(
             return Ok(message);
         }
         let needed = decoder.needed(buf)?.max(1);
-        buf.reserve(needed.clamp(READ_CHUNK, READ_CHUNK * 4));
+        buf.reserve(needed.clamp(MIN_READ, READ_CHUNK * 4));
         if stream.read_buf(buf).await? == 0 {
             return Err(if buf.is_empty() {
                 ReadError::Closed

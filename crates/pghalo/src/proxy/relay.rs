@@ -584,6 +584,8 @@ impl<'a> Relay<'a> {
         let internal = |e: pghalo_protocol::EncodeError| {
             ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string())
         };
+        let size: usize = conn.params.iter().map(|(n, v)| n.len() + v.len() + 7).sum();
+        self.cout.reserve(size + 32);
         for (name, value) in &conn.params {
             be::write_parameter_status(&mut self.cout, name, value).map_err(internal)?;
         }

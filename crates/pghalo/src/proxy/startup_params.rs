@@ -38,11 +38,11 @@ pub fn set_statements(
         {
             continue;
         }
-        sql.push_str(&format!(
-            "SET {} TO {};",
-            quote_ident(name),
-            quote_literal(value)
-        ));
+        sql.push_str("SET ");
+        push_ident(&mut sql, name);
+        sql.push_str(" TO ");
+        push_literal(&mut sql, value);
+        sql.push(';');
     }
     sql
 }
@@ -99,17 +99,56 @@ fn bad_option(why: &str) -> ClientError {
 }
 
 pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    let mut out = String::with_capacity(name.len() + 2);
+    push_ident(&mut out, name);
+    out
 }
 
-pub fn quote_literal(value: &str) -> String {
+// Appending in place: a pooled connection's settings are replayed at every
+// checkout, and each intermediate String was an allocation.
+fn push_ident(out: &mut String, name: &str) {
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+fn push_literal(out: &mut String, value: &str) {
     // E'' with doubled backslashes is immune to standard_conforming_strings.
-    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    out.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_statements_quote_names_and_values() {
+        let settings = vec![
+            ("application_name".to_string(), "it's a \\ test".to_string()),
+            ("odd\"name".to_string(), "x".to_string()),
+            ("DateStyle".to_string(), "ISO, MDY".to_string()),
+        ];
+        let current =
+            std::collections::BTreeMap::from([("datestyle".to_string(), "ISO, MDY".to_string())]);
+        assert_eq!(
+            set_statements(&settings, &current),
+            "SET \"application_name\" TO E'it''s a \\\\ test';SET \"odd\"\"name\" TO E'x';"
+        );
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
 
     #[test]
     fn options_follow_libpq() {
