@@ -284,7 +284,7 @@ impl<'a> Reader<'a> {
 
 /// Most messages a proxy writes itself (ParameterStatus, authentication
 /// requests, short queries) fit in this many bytes.
-const TYPICAL_MESSAGE: usize = 128;
+pub const TYPICAL_MESSAGE: usize = 128;
 
 /// Appends one message to a buffer; see the module docs for the rollback.
 pub(crate) struct MessageWriter<'b> {

@@ -246,14 +246,22 @@ impl Daemon {
         // accepts while it is no busier than the others.
         let mut next_worker = 0;
         for listener in tcp {
-            let listener = listener.into_std().map_err(DaemonError::Workers)?;
+            let addr = listener
+                .local_addr()
+                .map_or_else(|_| "a TCP address".to_string(), |a| a.to_string());
+            let listener = listener
+                .into_std()
+                .map_err(|source| DaemonError::Listen { addr, source })?;
             let (proxy, workers_, watcher) = (proxy.clone(), workers.clone(), watcher.clone());
             workers.spawn_on(next_worker, proxy.serve_tcp(listener, workers_, watcher));
             next_worker += 1;
         }
         let mut unix_paths = Vec::new();
         for (listener, path) in unix {
-            let listener = listener.into_std().map_err(DaemonError::Workers)?;
+            let listener = listener.into_std().map_err(|source| DaemonError::Listen {
+                addr: path.display().to_string(),
+                source,
+            })?;
             let (proxy, workers_, watcher) = (proxy.clone(), workers.clone(), watcher.clone());
             workers.spawn_on(next_worker, proxy.serve_unix(listener, workers_, watcher));
             next_worker += 1;
@@ -473,6 +481,7 @@ fn load_auth(config: &Config) -> Result<AuthFiles, DaemonError> {
         hba,
         passwd,
         mock_secret: rand::random(),
+        plain_verifiers: Default::default(),
     })
 }
 

@@ -302,9 +302,9 @@ impl ServerConnection {
     }
 
     /// Moves the socket's registration to the calling thread's runtime
-    /// (see `net::home`).
+    /// (see `net::home`), unless it cannot move (TLS).
     pub fn rehome(mut self) -> std::io::Result<ServerConnection> {
-        if !self.is_home() {
+        if !self.is_home() && self.stream.can_rehome() {
             self.stream = self.stream.rehome()?;
             self.home = crate::net::home::here();
         }

@@ -64,10 +64,17 @@ impl Stream {
         !matches!(sock.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Re-registers the socket with the calling thread's runtime, so its
-    /// readiness is delivered here (`home`). A TLS stream keeps its
-    /// registration: it still works from any thread, through a wake-up of
+    /// Whether [`rehome`](Self::rehome) can move the socket. A TLS stream
+    /// cannot be taken apart and put together again; it keeps its
+    /// registration and still works from any thread, through a wake-up of
     /// its home thread for each event.
+    pub fn can_rehome(&self) -> bool {
+        matches!(self, Stream::Tcp(_) | Stream::Unix(_))
+    }
+
+    /// Re-registers the socket with the calling thread's runtime, so its
+    /// readiness is delivered here (`home`); a TLS stream is returned as it
+    /// was.
     pub fn rehome(self) -> io::Result<Stream> {
         match self {
             Stream::Tcp(s) => Ok(Stream::Tcp(TcpStream::from_std(s.into_std()?)?)),

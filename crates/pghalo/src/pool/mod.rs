@@ -96,7 +96,8 @@ struct Shard {
     /// Where and as whom new connections are opened: the last client's
     /// view, so maintenance can open connections ahead of demand.
     target: Mutex<Option<(ServerAddr, BackendCredentials)>>,
-    /// Idle connections, most recently used last (reused first: warm caches).
+    /// Idle connections, most recently used last (reused first among those
+    /// registered with the checking-out worker: warm caches).
     idle: Mutex<Vec<ServerConnection>>,
     /// One permit per connection that may exist, idle or checked out.
     permits: Arc<Semaphore>,

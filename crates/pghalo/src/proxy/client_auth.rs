@@ -80,6 +80,36 @@ pub struct AuthFiles {
     /// Salts mock SCRAM exchanges for unknown users, so that a prober sees
     /// stable, plausible salts.
     pub mock_secret: [u8; 32],
+    /// SCRAM verifiers made from plain-text entries, as PostgreSQL would
+    /// store them.
+    pub plain_verifiers: PlainVerifiers,
+}
+
+/// One SCRAM verifier per user with a plain-text pool_passwd entry, made at
+/// its first SCRAM login and kept for the life of the files (a reload
+/// starts afresh). Making one costs 4096 rounds of PBKDF2, which any client
+/// could otherwise make pghalo pay, and the other sessions of its worker
+/// wait for, at every connection attempt. The salt stays the same between
+/// logins, as with a verifier PostgreSQL stores.
+#[derive(Debug, Default)]
+pub struct PlainVerifiers(std::sync::Mutex<std::collections::HashMap<String, ScramVerifier>>);
+
+impl PlainVerifiers {
+    fn get_or_make(
+        &self,
+        user: &str,
+        password: &[u8],
+    ) -> Result<ScramVerifier, pghalo_protocol::scram::ScramError> {
+        if let Some(verifier) = self.0.lock().ok().and_then(|m| m.get(user).cloned()) {
+            return Ok(verifier);
+        }
+        // Made outside the lock: two first logins at once may both pay.
+        let verifier = ScramVerifier::generate(password)?;
+        if let Ok(mut made) = self.0.lock() {
+            return Ok(made.entry(user.to_string()).or_insert(verifier).clone());
+        }
+        Ok(verifier)
+    }
 }
 
 /// Proof that a client authenticated: a session cannot ask for a server
@@ -166,11 +196,7 @@ pub async fn authenticate(
         }
         AuthMethod::Password => exchange.cleartext(&user, stored, peer).await?,
         AuthMethod::Md5 => exchange.md5(&user, stored, peer).await?,
-        AuthMethod::ScramSha256 => {
-            exchange
-                .scram(&user, stored, peer, &files.mock_secret)
-                .await?
-        }
+        AuthMethod::ScramSha256 => exchange.scram(&user, stored, peer, files).await?,
         // The certificate was required above; its name is checked below.
         AuthMethod::Cert => credentials_from(stored),
     };
@@ -407,7 +433,7 @@ impl Exchange<'_> {
         user: &str,
         stored: Option<&PasswordEntry>,
         peer: Peer,
-        mock_secret: &[u8],
+        files: &AuthFiles,
     ) -> Result<BackendCredentials, ClientError> {
         let nonce = Nonce::random()
             .map_err(|e| ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string()))?;
@@ -417,7 +443,7 @@ impl Exchange<'_> {
             }
             Some(PasswordEntry::Plain(secret)) => {
                 let bytes = secret.expose().as_bytes().to_vec();
-                match ScramVerifier::generate(&bytes) {
+                match files.plain_verifiers.get_or_make(user, &bytes) {
                     Ok(verifier) => (ScramServer::new(verifier, nonce), Some(bytes)),
                     Err(e) => {
                         return Err(ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string()));
@@ -426,7 +452,7 @@ impl Exchange<'_> {
             }
             // An md5 hash cannot answer SCRAM, and an unknown user must not
             // be told apart from a wrong password: both run a mock exchange.
-            _ => (ScramServer::mock(user, mock_secret, nonce), None),
+            _ => (ScramServer::mock(user, &files.mock_secret, nonce), None),
         };
         let mut out = BytesMut::new();
         be::write_authentication_sasl(&mut out, server.mechanisms())
@@ -478,4 +504,23 @@ fn gone() -> ClientError {
         SqlState::CONNECTION_FAILURE,
         "client went away during authentication",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_entry_is_turned_into_a_verifier_once_per_user() {
+        let made = PlainVerifiers::default();
+        let first = made.get_or_make("alice", b"secret").unwrap();
+        let again = made.get_or_make("alice", b"secret").unwrap();
+        assert!(first == again, "the second login paid for a new verifier");
+        let other = made.get_or_make("bob", b"secret").unwrap();
+        assert_ne!(
+            first.salt(),
+            other.salt(),
+            "each user gets a salt of their own"
+        );
+    }
 }

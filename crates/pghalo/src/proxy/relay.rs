@@ -584,8 +584,12 @@ impl<'a> Relay<'a> {
         let internal = |e: pghalo_protocol::EncodeError| {
             ClientError::fatal(SqlState::INTERNAL_ERROR, e.to_string())
         };
+        // Every message at once: ParameterStatus each, BackendKeyData,
+        // ReadyForQuery, and the room each message writer reserves.
         let size: usize = conn.params.iter().map(|(n, v)| n.len() + v.len() + 7).sum();
-        self.cout.reserve(size + 32);
+        self.cout.reserve(
+            size + 9 + self.cancel.key.len() + 6 + pghalo_protocol::codec::TYPICAL_MESSAGE,
+        );
         for (name, value) in &conn.params {
             be::write_parameter_status(&mut self.cout, name, value).map_err(internal)?;
         }

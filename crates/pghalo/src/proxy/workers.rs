@@ -7,8 +7,9 @@
 //! transactions: 0.9 context switches per pgbench transaction against
 //! PgBouncer's 0.5.)
 //!
-//! The control path (health checks, failover, the admin sockets) stays on
-//! the main runtime; only sessions come here.
+//! The control path (health checks, failover, the admin sockets) and pool
+//! maintenance stay on the main runtime; only sessions and the accept loops
+//! come here.
 
 use std::future::Future;
 use std::io;
@@ -24,32 +25,40 @@ use crate::net::home::{self, Home};
 #[derive(Debug)]
 pub struct SessionWorkers {
     workers: Vec<Worker>,
+    all: Arc<AllSessions>,
 }
 
 #[derive(Debug)]
 struct Worker {
     id: Home,
     handle: Handle,
-    load: Arc<Load>,
+    /// Sessions running on this worker.
+    sessions: Arc<AtomicUsize>,
     /// Dropped (with the `SessionWorkers`) to tell the thread to end once
-    /// its last session has.
+    /// every worker's sessions have.
     _stop: oneshot::Sender<()>,
 }
 
-/// Sessions running on one worker.
+/// Sessions running on all the workers: a worker ends only when none is
+/// left anywhere, since a session may use a socket another worker's runtime
+/// drives (a TLS server connection, which does not move).
 #[derive(Debug, Default)]
-struct Load {
-    sessions: AtomicUsize,
-    idle: Notify,
+struct AllSessions {
+    count: AtomicUsize,
+    none_left: Notify,
 }
 
 /// Counts a session for as long as it runs, even when cancelled.
-struct Running(Arc<Load>);
+struct Running {
+    worker: Arc<AtomicUsize>,
+    all: Arc<AllSessions>,
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.0.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        self.worker.fetch_sub(1, Ordering::AcqRel);
+        if self.all.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all.none_left.notify_waiters();
         }
     }
 }
@@ -57,44 +66,57 @@ impl Drop for Running {
 impl SessionWorkers {
     /// Starts `count` workers (at least one).
     pub fn start(count: usize) -> io::Result<SessionWorkers> {
+        let all = Arc::new(AllSessions::default());
         let mut workers = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
-            // No signal or process driver: sessions use neither, and the
-            // process driver would look for orphans at every park.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()?;
             let id = home::claim();
-            let load = Arc::new(Load::default());
             let (stop, stopped) = oneshot::channel::<()>();
-            let handle = runtime.handle().clone();
-            let thread_load = load.clone();
+            let (started, handle) = std::sync::mpsc::sync_channel(1);
+            let thread_all = all.clone();
+            // The runtime is built on its own thread: one dropped inside the
+            // daemon's async start (a thread that failed to spawn) panics.
             std::thread::Builder::new()
                 .name(format!("pghalo-worker-{index}"))
                 .spawn(move || {
+                    // No signal or process driver: sessions use neither,
+                    // and the process driver looks for orphans at every park.
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .enable_time()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
                     home::enter(id);
+                    let _ = started.send(Ok(runtime.handle().clone()));
                     runtime.block_on(async move {
                         let _ = stopped.await;
                         // Sessions already running finish on their own, as
                         // they did before the daemon stopped accepting.
                         loop {
-                            let idle = thread_load.idle.notified();
-                            if thread_load.sessions.load(Ordering::Acquire) == 0 {
+                            let none_left = thread_all.none_left.notified();
+                            if thread_all.count.load(Ordering::Acquire) == 0 {
                                 break;
                             }
-                            idle.await;
+                            none_left.await;
                         }
                     });
                 })?;
+            let handle = handle
+                .recv()
+                .map_err(|_| io::Error::other("a session worker ended while starting"))??;
             workers.push(Worker {
                 id,
                 handle,
-                load,
+                sessions: Arc::new(AtomicUsize::new(0)),
                 _stop: stop,
             });
         }
-        Ok(SessionWorkers { workers })
+        Ok(SessionWorkers { workers, all })
     }
 
     pub fn len(&self) -> usize {
@@ -112,7 +134,7 @@ impl SessionWorkers {
         let mut best = 0;
         let mut best_load = usize::MAX;
         for (index, worker) in self.workers.iter().enumerate() {
-            let load = worker.load.sessions.load(Ordering::Relaxed);
+            let load = worker.sessions.load(Ordering::Relaxed);
             if load < best_load || load == best_load && worker.id == here {
                 best = index;
                 best_load = load;
@@ -134,8 +156,12 @@ impl SessionWorkers {
         let Some(worker) = self.workers.get(index % self.workers.len().max(1)) else {
             return;
         };
-        worker.load.sessions.fetch_add(1, Ordering::AcqRel);
-        let running = Running(worker.load.clone());
+        worker.sessions.fetch_add(1, Ordering::AcqRel);
+        self.all.count.fetch_add(1, Ordering::AcqRel);
+        let running = Running {
+            worker: worker.sessions.clone(),
+            all: self.all.clone(),
+        };
         // Boxed on its own: a session's future is kilobytes, and a future
         // captured by an async block and awaited there takes its room twice
         // (10,000 idle clients).
