@@ -150,7 +150,12 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The control path (health checks, failover, ctl, pool upkeep) and the
+    // commands other than `run`: sessions have threads of their own
+    // (`[daemon] worker_threads`), so a host with many CPUs need not get
+    // as many idle threads here.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
