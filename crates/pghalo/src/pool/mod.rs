@@ -128,6 +128,11 @@ impl Pools {
             .shards
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Looked up first: `entry` wants an owned key, two Strings cloned
+        // at every checkout (every transaction, in transaction pooling).
+        if let Some(shard) = shards.get(key) {
+            return shard.clone();
+        }
         shards
             .entry(key.clone())
             .or_insert_with(|| {

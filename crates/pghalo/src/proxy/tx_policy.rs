@@ -30,6 +30,58 @@ pub enum Effect {
 
 /// The effects of each statement in `sql`, in order.
 pub fn effects(sql: &str) -> Vec<Effect> {
+    if plainly_plain(sql) {
+        return vec![Effect::Plain];
+    }
+    effects_by_lexing(sql)
+}
+
+/// First words of every statement [`effect`] may find more than Plain in.
+const SESSION_WORDS: [&str; 10] = [
+    "set",
+    "reset",
+    "discard",
+    "deallocate",
+    "rollback",
+    "prepare",
+    "listen",
+    "load",
+    "declare",
+    "create",
+];
+
+/// One statement that cannot touch session state, told without lexing it
+/// (transaction pooling looks at every Query, and most are like this): no
+/// `;` but a last one, so a single statement; a first word none of
+/// [`effect`]'s rules starts with; and no mention of the functions it
+/// refuses. Anything else (a leading comment or parenthesis included) is
+/// lexed.
+fn plainly_plain(sql: &str) -> bool {
+    let body = sql.trim_end_matches(|c: char| c.is_ascii_whitespace());
+    let body = body.strip_suffix(';').unwrap_or(body);
+    if body.contains(';') {
+        return false;
+    }
+    let text = body.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    if !text.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return false;
+    }
+    let end = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(text.len());
+    let first = &text[..end];
+    !SESSION_WORDS.iter().any(|w| first.eq_ignore_ascii_case(w))
+        && !contains_ignoring_case(text, "set_config")
+        && !contains_ignoring_case(text, "advisory_lock")
+}
+
+fn contains_ignoring_case(text: &str, lower: &str) -> bool {
+    text.as_bytes()
+        .windows(lower.len())
+        .any(|w| w.eq_ignore_ascii_case(lower.as_bytes()))
+}
+
+fn effects_by_lexing(sql: &str) -> Vec<Effect> {
     match statements(sql) {
         Ok(list) => list.iter().map(effect).collect(),
         // Unreadable text reaches the server, which reports the error.
@@ -153,6 +205,56 @@ mod tests {
 
     fn one(sql: &str) -> Effect {
         effects(sql).remove(0)
+    }
+
+    #[test]
+    fn the_shortcut_agrees_with_the_lexer() {
+        let plain = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+            "SELECT 1 ;\n",
+            "SELECT 1 -- a comment;",
+            "  select count(*) from t",
+            "INSERT INTO t VALUES ('set x to 1')",
+            "UPDATE t SET a = 1",
+            "selectsomething",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "COMMIT",
+            "BEGIN",
+            "settle()",
+        ];
+        for sql in plain {
+            assert!(plainly_plain(sql), "{sql}");
+            assert_eq!(effects(sql), effects_by_lexing(sql), "{sql}");
+        }
+        let lexed = [
+            "SET work_mem = '1MB'",
+            "set search_path to x",
+            "  RESET ALL",
+            "rollback to savepoint a",
+            "SELECT set_config('a.b', '1', false)",
+            "SELECT SET_CONFIG('a.b', '1', false)",
+            "select pg_advisory_lock(1)",
+            "SELECT 1; SET x = 1",
+            "SELECT 1;;",
+            "SELECT 'a;b'",
+            "SET x = 1;",
+            "/* hint */ SET x = 1",
+            "-- c\nSET x = 1",
+            "(SELECT 1)",
+            "create temp table t (a int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "LISTEN x",
+            "prepare p as select 1",
+            "DISCARD ALL",
+            "DEALLOCATE ALL",
+            "load 'x'",
+            "",
+            "   ",
+        ];
+        for sql in lexed {
+            assert!(!plainly_plain(sql), "{sql}");
+        }
     }
 
     #[test]
