@@ -188,6 +188,8 @@ async fn state_that_cannot_follow_the_client_is_refused() {
         "LISTEN somewhere",
         "CREATE TEMP TABLE t (x int)",
         "SELECT set_config('a.b', 'c', false)",
+        // PostgreSQL ends a `--` comment at a carriage return too.
+        "-- a comment\rLISTEN hidden",
     ] {
         let err = client.batch_execute(sql).await.unwrap_err();
         let db = err.as_db_error().unwrap();

@@ -113,7 +113,11 @@ impl Iterator for Lexemes<'_> {
         }
         let bytes = self.bytes;
         let mut i = self.i;
-        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') {
+        // PostgreSQL's whitespace; \v since 16 (on 15 it is a syntax
+        // error, so reading it as whitespace only errs towards seeing more).
+        while i < bytes.len()
+            && matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+        {
             i += 1;
         }
         if i >= bytes.len() {
@@ -124,7 +128,9 @@ impl Iterator for Lexemes<'_> {
         let scanned = match bytes[i] {
             b';' => Ok((Kind::Semicolon, i + 1)),
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
+                // As in PostgreSQL's scanner, a carriage return ends the
+                // comment too: "-- x\rSET ROLE y" runs the SET.
+                while i < bytes.len() && !matches!(bytes[i], b'\n' | b'\r') {
                     i += 1;
                 }
                 Ok((Kind::Comment, i))
@@ -298,6 +304,16 @@ mod tests {
             .iter()
             .map(|s| s.leading_words(3).into_iter().map(String::from).collect())
             .collect()
+    }
+
+    #[test]
+    fn a_line_comment_ends_at_a_carriage_return_and_vertical_tab_is_space() {
+        assert_eq!(words("-- c\rSET ROLE x"), vec![vec!["set", "role", "x"]]);
+        assert_eq!(
+            words("SET a=1; SELECT 1 --c\r; SET b=2"),
+            vec![vec!["set", "a"], vec!["select"], vec!["set", "b"]]
+        );
+        assert_eq!(words("\x0bLISTEN x"), vec![vec!["listen", "x"]]);
     }
 
     #[test]

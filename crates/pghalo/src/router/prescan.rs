@@ -111,7 +111,10 @@ pub(crate) fn prescan(sql: &str, want_key: bool) -> Result<Prescan, LexError> {
         if let Some(key) = key.as_mut() {
             if lx.start > gap_from && key.len() > key_body_from {
                 let gap = &bytes[gap_from..lx.start];
-                key.push(if gap.contains(&b'\n') { '\n' } else { ' ' });
+                // A line break ends a `--` comment (a carriage return
+                // too), so it must survive into the key.
+                let breaks = gap.iter().any(|b| matches!(b, b'\n' | b'\r'));
+                key.push(if breaks { '\n' } else { ' ' });
             }
             match lx.kind {
                 Kind::Word => {
@@ -434,6 +437,9 @@ mod tests {
         );
         // A newline between strings is not a space (string continuation).
         assert_ne!(key("SELECT 'a'\n'b'"), key("SELECT 'a' 'b'"));
+        assert_ne!(key("SELECT 'a'\r'b'"), key("SELECT 'a' 'b'"));
+        // A carriage return ends a line comment: what follows is a statement.
+        assert_ne!(key("-- c\rDELETE FROM t"), key("-- c DELETE FROM t"));
         // Hints are part of the key, other comments are not.
         assert_ne!(key("/* pghalo: primary */ SELECT 1"), key("SELECT 1"));
         assert_eq!(key("/* trace=42 */ SELECT 1"), key("SELECT 1"));
