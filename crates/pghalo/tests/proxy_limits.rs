@@ -295,3 +295,36 @@ async fn an_idle_connection_moves_to_the_worker_that_checks_it_out() {
     let (home, third) = use_on(0).await.unwrap().unwrap();
     assert!(home && third == first, "and it moves back");
 }
+
+/// With several session workers, clients accepted by one worker are handed
+/// to the others (their sockets move there) and are served as well as the
+/// ones it keeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_spread_over_the_session_workers_are_all_served() {
+    let lab = &shared_lab().lab;
+    // listen_extra ends the [listen] section: a [daemon] one follows.
+    let config = ProxyConfig::write(
+        lab,
+        "workers",
+        "[daemon]\nworker_threads = 3",
+        "max_pool_size = 8",
+        SCRAM_ALL,
+        None,
+    );
+    let _daemon = Daemon::start(&config.path()).await.unwrap();
+    let info = conninfo(config.port, "postgres", &password());
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(pg_connect(&info).await.unwrap());
+    }
+    let runs = clients.iter().enumerate().map(|(i, client)| async move {
+        for n in 0..20 {
+            let row = client
+                .query_one("SELECT $1::int + $2::int", &[&(i as i32), &n])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, i32>(0), i as i32 + n);
+        }
+    });
+    futures_util::future::join_all(runs).await;
+}

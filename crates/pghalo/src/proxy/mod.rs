@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use pghalo_protocol::SqlState;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 
 pub use client_auth::{AuthFiles, Peer, TlsState};
@@ -372,26 +372,7 @@ impl Proxy {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, addr)) => {
-                        let worker = workers.pick();
-                        let peer = Peer::Tcp(addr);
-                        if workers.is_current(worker) {
-                            workers.spawn_session(worker, self.clone().handle(Stream::tcp(socket), peer));
-                            continue;
-                        }
-                        let socket = match socket.into_std() {
-                            Ok(socket) => socket,
-                            Err(e) => {
-                                tracing::warn!(%peer, "cannot hand a client over to a worker: {e}");
-                                continue;
-                            }
-                        };
-                        let proxy = self.clone();
-                        workers.spawn_session(worker, async move {
-                            match TcpStream::from_std(socket) {
-                                Ok(socket) => proxy.handle(Stream::tcp(socket), peer).await,
-                                Err(e) => tracing::warn!(%peer, "cannot take a client over: {e}"),
-                            }
-                        });
+                        self.start_session(&workers, Stream::tcp(socket), Peer::Tcp(addr));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -423,25 +404,7 @@ impl Proxy {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, _)) => {
-                        let worker = workers.pick();
-                        if workers.is_current(worker) {
-                            workers.spawn_session(worker, self.clone().handle(Stream::Unix(socket), Peer::Unix));
-                            continue;
-                        }
-                        let socket = match socket.into_std() {
-                            Ok(socket) => socket,
-                            Err(e) => {
-                                tracing::warn!("cannot hand a client over to a worker: {e}");
-                                continue;
-                            }
-                        };
-                        let proxy = self.clone();
-                        workers.spawn_session(worker, async move {
-                            match UnixStream::from_std(socket) {
-                                Ok(socket) => proxy.handle(Stream::Unix(socket), Peer::Unix).await,
-                                Err(e) => tracing::warn!("cannot take a client over: {e}"),
-                            }
-                        });
+                        self.start_session(&workers, Stream::Unix(socket), Peer::Unix);
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
@@ -451,6 +414,24 @@ impl Proxy {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// Starts an accepted client's session on the least busy worker.
+    fn start_session(self: &Arc<Self>, workers: &SessionWorkers, stream: Stream, peer: Peer) {
+        let worker = workers.pick();
+        let proxy = self.clone();
+        if workers.is_current(worker) {
+            workers.spawn_session(worker, proxy.handle(stream, peer));
+            return;
+        }
+        workers.spawn_session(worker, async move {
+            // Registered with the accepting worker until now; this runs on
+            // the one that takes the client over.
+            match stream.rehome() {
+                Ok(stream) => proxy.handle(stream, peer).await,
+                Err(e) => tracing::warn!(%peer, "cannot take a client over: {e}"),
+            }
+        });
     }
 
     /// One client, from its first byte to its last.
