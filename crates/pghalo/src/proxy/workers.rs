@@ -119,14 +119,6 @@ impl SessionWorkers {
         Ok(SessionWorkers { workers, all })
     }
 
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     /// The worker with the fewest sessions, the calling thread's own on a
     /// tie: a session started where its socket was accepted needs no move.
     pub fn pick(&self) -> usize {
