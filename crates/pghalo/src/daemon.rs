@@ -252,8 +252,10 @@ impl Daemon {
             let listener = listener
                 .into_std()
                 .map_err(|source| DaemonError::Listen { addr, source })?;
-            let (proxy, workers_, watcher) = (proxy.clone(), workers.clone(), watcher.clone());
-            workers.spawn_on(next_worker, proxy.serve_tcp(listener, workers_, watcher));
+            let serve = proxy
+                .clone()
+                .serve_tcp(listener, workers.clone(), watcher.clone());
+            workers.spawn_on(next_worker, serve);
             next_worker += 1;
         }
         let mut unix_paths = Vec::new();
@@ -262,8 +264,10 @@ impl Daemon {
                 addr: path.display().to_string(),
                 source,
             })?;
-            let (proxy, workers_, watcher) = (proxy.clone(), workers.clone(), watcher.clone());
-            workers.spawn_on(next_worker, proxy.serve_unix(listener, workers_, watcher));
+            let serve = proxy
+                .clone()
+                .serve_unix(listener, workers.clone(), watcher.clone());
+            workers.spawn_on(next_worker, serve);
             next_worker += 1;
             unix_paths.push(path);
         }
