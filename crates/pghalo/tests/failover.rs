@@ -609,6 +609,113 @@ async fn ctl_detach(config: &common::ProxyConfig, node: usize) -> (bool, String)
     (reply.ok, reply.text)
 }
 
+/// `pghalo ctl attach N` through the control socket.
+async fn ctl_attach(config: &common::ProxyConfig, node: usize) -> (bool, String) {
+    let socket = config.path().with_file_name("pghalo.ctl");
+    let reply = pghalo::admin::ctl::send(&socket, &pghalo::admin::ctl::CtlRequest::Attach { node })
+        .await
+        .unwrap();
+    (reply.ok, reply.text)
+}
+
+/// Runs reads (simple protocol: nothing is sent in the background) until
+/// one lands on `port`, so the session's server connection is there;
+/// returns the pid of the backend that answered.
+async fn settle_on(client: &tokio_postgres::Client, port: i32) -> i32 {
+    for _ in 0..300 {
+        let rows = client
+            .simple_query("SELECT inet_server_port(), pg_backend_pid()")
+            .await
+            .unwrap();
+        let Some(row) = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        }) else {
+            panic!("no row: {rows:?}");
+        };
+        let at: i32 = row.get(0).and_then(|v| v.parse().ok()).unwrap();
+        if at == port {
+            return row.get(1).and_then(|v| v.parse().ok()).unwrap();
+        }
+    }
+    panic!("no read landed on port {port}");
+}
+
+/// A session idle on a standby is not held there. Detached by hand, the
+/// standby is left quietly and the next request runs elsewhere. Found down
+/// while its backend still runs (here the postmaster and that backend
+/// hang, as a dying server's backends do until they notice), even a
+/// request that runs nothing (a driver's Parse and Describe) goes to a
+/// node that is up, instead of waiting there or getting the backend's
+/// last words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_idle_on_a_lost_standby_moves_on() {
+    trace();
+    let test_lab = TestLab::build("failover-idle-standby", |_| {});
+    let lab = &test_lab.lab;
+    let password = lab.secrets.postgres.clone();
+    // node2 is detached by hand only, never for failing its checks.
+    let (config, daemon) = common::start_failover_proxy_with(
+        lab,
+        "failover-idle-standby",
+        "[load_balance]\nstatement_level_load_balance = true\n\n",
+        "",
+        "health_check_max_retries = 1000\n",
+    )
+    .await;
+    let client = pg_connect(&conninfo(config.port, "postgres", &password))
+        .await
+        .unwrap();
+    let node2 = i32::from(lab.node("node2").unwrap().port);
+    let read = "SELECT inet_server_port()";
+    let limit = Duration::from_secs(10);
+
+    settle_on(&client, node2).await;
+    let (ok, reply) = ctl_detach(&config, 2).await;
+    assert!(ok, "{reply}");
+    for i in 0..20 {
+        let port: i32 = tokio::time::timeout(limit, client.query_one(read, &[]))
+            .await
+            .expect("a read hangs after node2 was detached")
+            .unwrap_or_else(|e| panic!("read {i} after node2 was detached: {e:?}"))
+            .get(0);
+        assert_ne!(port, node2, "a read reached the detached node2");
+    }
+    let (ok, reply) = ctl_attach(&config, 2).await;
+    assert!(ok, "{reply}");
+    let attached = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| s.nodes[2].is_routable())
+        .await;
+    assert!(attached.is_ok(), "{attached:#?}");
+
+    let backend = settle_on(&client, node2).await;
+    let postmaster = common::stop_process(postmaster_pid(lab, "node2"));
+    let session_backend = common::stop_process(backend);
+    let down = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| {
+            s.nodes[2].status == pghalo::cluster::Status::Down
+        })
+        .await;
+    assert!(down.is_ok(), "{down:#?}");
+    let statement = tokio::time::timeout(limit, client.prepare(read))
+        .await
+        .expect("preparing a statement waits on the hung node2")
+        .unwrap();
+    let port: i32 = tokio::time::timeout(limit, client.query_one(&statement, &[]))
+        .await
+        .expect("a read hangs while node2 is down")
+        .unwrap()
+        .get(0);
+    assert_ne!(port, node2, "a read reached node2 while it was down");
+    drop(session_backend);
+    drop(postmaster);
+    daemon.stop();
+}
+
 /// pgpool's failover_command and follow_primary_command: placeholders
 /// expanded; a command that fails (exit 3, garbage printed) changes
 /// nothing and is reported, and the failover is tried again; pghalo then

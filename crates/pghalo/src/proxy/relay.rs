@@ -872,7 +872,10 @@ impl<'a> Relay<'a> {
             }
             if self.planned.is_none() && self.request_starts(tag) {
                 if let Some(why) = self.node_retired() {
-                    return Some(End::NodeRetired(why));
+                    if !self.standby_retired_while_idle() {
+                        return Some(End::NodeRetired(why));
+                    }
+                    self.let_standby_go();
                 }
                 match self.answer_show(tag, total) {
                     None => return None,
@@ -1152,23 +1155,49 @@ impl<'a> Relay<'a> {
     /// Whether the server connection is a standby's that the session does
     /// not need: nothing outstanding, no transaction, no request arriving.
     fn standby_may_go(&self) -> bool {
+        self.standby_between_requests() && self.cin.is_empty()
+    }
+
+    /// Whether the server connection is a standby's that owes the session
+    /// nothing and holds no transaction: the next request, not sent yet,
+    /// may run elsewhere.
+    fn standby_between_requests(&self) -> bool {
         let primary = self
             .proxy
             .topology()
             .and_then(|s| s.primary)
             .map_or_else(|| self.proxy.primary_node(), |id| id.index());
-        self.balancing
-            && self.key.node != primary
-            && self.in_sync()
-            && self.tx_status == b'I'
-            && self.cin.is_empty()
+        self.balancing && self.key.node != primary && self.in_sync() && self.tx_status == b'I'
+    }
+
+    /// Whether the session's server connection is on a standby that was
+    /// detached while the session has nothing outstanding there: its
+    /// settings are replayed elsewhere, so it moves on instead of ending.
+    /// A node that lost or claims a primary's role is another matter: the
+    /// session's state may live there alone.
+    fn standby_retired_while_idle(&self) -> bool {
+        self.proxy.topology().and_then(|s| {
+            s.node(crate::cluster::NodeId(self.key.node))
+                .map(|n| n.role)
+        }) == Some(crate::cluster::Role::Standby)
+            && self.standby_between_requests()
+    }
+
+    /// Whether `node` may serve the session's next request: up and
+    /// attached, as far as the published topology says (without one,
+    /// every node may).
+    fn node_usable(&self, node: usize) -> bool {
+        self.proxy.topology().is_none_or(|s| {
+            s.node(crate::cluster::NodeId(node))
+                .is_some_and(|n| n.is_routable())
+        })
     }
 
     fn let_standby_go(&mut self) {
         tracing::debug!(
             client = self.cancel.pid,
             node = self.key.node,
-            "standby connection lost while idle"
+            "standby connection let go while idle"
         );
         self.cancel.set_target(None);
         // Dropped: closed, never pooled.
@@ -1253,8 +1282,10 @@ impl<'a> Relay<'a> {
             self.key.node
         } else if let Some(node) = forced {
             node
-        } else if runs.is_empty() && need == Need::Read {
-            // Nothing runs (a lone Sync, a Describe): wherever the session is.
+        } else if runs.is_empty() && need == Need::Read && self.node_usable(self.key.node) {
+            // Nothing runs (a lone Sync, a Describe): wherever the session
+            // is, unless that node was found down: its backend may not
+            // have noticed yet, and would answer with its dying words.
             self.key.node
         } else {
             let snapshot = self.proxy.topology();

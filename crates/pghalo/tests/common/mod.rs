@@ -562,12 +562,16 @@ impl Drop for Resume {
 /// Stops `node`'s postmaster (SIGSTOP): the kernel still accepts
 /// connections, nobody answers them, and its backends run on.
 pub fn stop_postmaster(lab: &Lab, node: &str) -> Resume {
-    let pid = postmaster_pid(lab, node);
+    stop_process(postmaster_pid(lab, node))
+}
+
+/// Stops process `pid` (a postmaster, a backend) until the guard drops.
+pub fn stop_process(pid: i32) -> Resume {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGSTOP,
     )
-    .expect("stopping the postmaster");
+    .expect("stopping a server process");
     Resume(pid)
 }
 
