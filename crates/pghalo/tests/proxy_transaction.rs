@@ -215,6 +215,141 @@ async fn state_that_cannot_follow_the_client_is_refused() {
         .unwrap();
 }
 
+/// Session state made where the statement's first words do not say so: a
+/// quoted or U&-escaped function name, SELECT INTO TEMP, a table named in
+/// pg_temp, a search_path that makes CREATE temporary, a DO block. Each
+/// one changes the session when run directly (checked first, so the
+/// refusal is of a working statement); through pghalo it is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_state_in_disguise_is_refused() {
+    let (_daemon, config) = transaction_proxy("tx-disguise", 2).await;
+    let client = pg_connect(&conninfo(config.port, "postgres", &password()))
+        .await
+        .unwrap();
+    let direct = common::node_client(&shared_lab().lab, "node0", "postgres").await;
+    // What a session holds: temporary objects, advisory locks, channels
+    // listened to, and two settings.
+    let state = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()) \
+                 || '/' || (SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory') \
+                 || '/' || (SELECT count(*) FROM pg_listening_channels()) \
+                 || '/' || current_setting('search_path') || '/' || current_setting('work_mem') \
+                 || '/' || coalesce(current_setting('a.b', true), '')";
+    for sql in [
+        "SELECT \"set_config\"('a.b', 'c', false)",
+        "SELECT U&\"\\0073et_config\"('a.b', 'c', false)",
+        "SELECT U&\"!0073et_config\" UESCAPE '!' ('a.b', 'c', false)",
+        "SELECT 1 AS x INTO TEMP disguised",
+        "CREATE TABLE pg_temp.disguised (x int)",
+        "SET search_path = pg_temp, public",
+        "DO $$BEGIN SET work_mem = '7MB'; END$$",
+        "DO $$BEGIN IF true THEN PERFORM pg_advisory_lock(42); END IF; END$$",
+        "DO $$BEGIN EXECUTE 'LIS' || 'TEN disguised'; END$$",
+    ] {
+        direct.batch_execute("DISCARD ALL").await.unwrap();
+        let before: String = direct.query_one(state, &[]).await.unwrap().get(0);
+        direct
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} fails directly: {e:?}"));
+        let after: String = direct.query_one(state, &[]).await.unwrap().get(0);
+        assert_ne!(before, after, "{sql} changes nothing in the session");
+
+        let Err(err) = client.batch_execute(sql).await else {
+            panic!("{sql} ran through pghalo");
+        };
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{sql}: {err:?}"));
+        assert_eq!(db.code().code(), "0A000", "{sql}: {}", db.message());
+        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+    }
+    // The search_path rule's reason: CREATE then makes temporary tables.
+    direct.batch_execute("DISCARD ALL").await.unwrap();
+    direct
+        .batch_execute("SET search_path = pg_temp, public; CREATE TABLE by_path (x int)")
+        .await
+        .unwrap();
+    let persistence: i8 = direct
+        .query_one(
+            "SELECT relpersistence FROM pg_class WHERE relname = 'by_path'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(persistence as u8, b't');
+    direct.batch_execute("DISCARD ALL").await.unwrap();
+    // What looks alike but holds nothing after the transaction runs.
+    for sql in [
+        "DO $$BEGIN SET LOCAL work_mem = '7MB'; END$$",
+        "DO $$BEGIN PERFORM pg_advisory_xact_lock(42); END$$",
+        "CREATE TABLE pg_temp.passing (x int) ON COMMIT DROP",
+        "SET search_path = public, pg_temp",
+    ] {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+}
+
+/// standard_conforming_strings off (or a client-only encoding such as SJIS)
+/// makes the server read a statement's text differently from pghalo, so a
+/// SET could pass unseen: refused at login when set there, and when a
+/// function sets it unseen, the session ends once answered and its server
+/// connection is closed, so the next client of that pool does not get it.
+#[tokio::test(flavor = "multi_thread")]
+async fn text_the_server_reads_differently_is_not_pooled() {
+    let (_daemon, config) = transaction_proxy("tx-unreadable", 1).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let Err(err) = pg_connect(&format!(
+        "{info} options='-c standard_conforming_strings=off'"
+    ))
+    .await
+    else {
+        panic!("a login with standard_conforming_strings off was pooled");
+    };
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db.code().code(), "0A000", "{}", db.message());
+    assert!(
+        db.message().contains("standard_conforming_strings"),
+        "{}",
+        db.message()
+    );
+
+    let direct = common::node_client(&shared_lab().lab, "node0", "postgres").await;
+    direct
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION scs_off() RETURNS int LANGUAGE plpgsql AS \
+             $$BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); RETURN 1; END$$",
+        )
+        .await
+        .unwrap();
+    let client = pg_connect(&info).await.unwrap();
+    let rows = client.simple_query("SELECT scs_off()").await;
+    // One server connection in the pool: the next client's is not one left
+    // reading backslashes as escapes (nor is that client refused for it).
+    let next = pg_connect(&info).await.unwrap();
+    let scs: String = next
+        .query_one("SHOW standard_conforming_strings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(scs, "on");
+    let ended = match rows {
+        // The answer, then the end.
+        Ok(_) => client.simple_query("SELECT 1").await.unwrap_err(),
+        Err(e) => e,
+    };
+    // Its FATAL comes after the answer's ReadyForQuery: tokio-postgres
+    // reports it as the connection closing.
+    assert!(
+        ended.is_closed() || ended.code().is_some_and(|c| c.code() == "0A000"),
+        "{ended:?}"
+    );
+}
+
 /// pgbench's write transactions with prepared statements, 16 clients on 3
 /// server connections.
 #[tokio::test(flavor = "multi_thread")]

@@ -222,6 +222,56 @@ async fn reads_spread_over_the_nodes_by_weight() {
     daemon.stop();
 }
 
+/// With standard_conforming_strings off the server reads a statement's
+/// text differently from pghalo, which could not see every SET to replay
+/// it on the standbys: such a session's reads stay on the primary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_pghalo_cannot_read_stays_on_the_primary() {
+    let _turn = SERIAL.lock().await;
+    let lab = lab();
+    prepare("balance_unreadable", "").await;
+    let sections = format!(
+        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
+        monitor_section(lab, "")
+    );
+    let config = routing_config(lab, "balance-unreadable", &sections, &[]);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let info = conninfo_db(config.port, "postgres", &password(), "balance_unreadable");
+    let read = "SELECT inet_server_port()";
+
+    let plain = pg_connect(&info).await.unwrap();
+    let landed = count_reads(&plain, read, 60).await;
+    assert!(
+        landed[1] + landed[2] > 0,
+        "no read was balanced: {landed:?}"
+    );
+
+    let at_login = pg_connect(&format!(
+        "{info} options='-c standard_conforming_strings=off'"
+    ))
+    .await
+    .unwrap();
+    let landed = count_reads(&at_login, read, 60).await;
+    assert_eq!(landed, [60, 0, 0], "set at login");
+
+    // Set by a function, where pghalo cannot see it.
+    node_client(lab, "node0", "balance_unreadable")
+        .await
+        .batch_execute(
+            "CREATE FUNCTION scs_off() RETURNS int LANGUAGE plpgsql AS \
+             $$BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); RETURN 1; END$$",
+        )
+        .await
+        .unwrap();
+    wait_for_replay(lab, Duration::from_secs(30)).await;
+    let later = pg_connect(&info).await.unwrap();
+    later.simple_query("SELECT scs_off()").await.unwrap();
+    let landed = count_reads(&later, read, 60).await;
+    assert_eq!(landed, [60, 0, 0], "set by a function");
+    daemon.stop();
+}
+
 /// With both function lists empty, pg_proc decides: a user-defined
 /// STABLE function created through pghalo is balanced once pghalo has read
 /// the catalog again (after the DDL), while a VOLATILE one, and the

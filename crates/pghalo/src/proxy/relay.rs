@@ -120,6 +120,8 @@ pub(super) enum End {
     /// The session's node left the topology (failed over, fenced,
     /// detached): the session ends rather than go on there.
     NodeRetired(String),
+    /// Transaction pooling cannot go on with what the session did.
+    CannotPool(String),
 }
 
 /// A client's session-level settings, which follow it across server
@@ -284,6 +286,9 @@ pub(super) struct Relay<'a> {
     ddl_ran: bool,
     /// The idle standby connection announced its end: let it go.
     standby_gone: bool,
+    /// Transaction mode: the server was set to read text differently from
+    /// pghalo; the session ends once the server has answered.
+    unreadable: Option<String>,
     /// Statements the client prepared for pgpool SHOW commands, which
     /// pghalo answers itself.
     show_statements: HashMap<Vec<u8>, show::ShowCommand>,
@@ -389,6 +394,7 @@ impl<'a> Relay<'a> {
             show_statements: HashMap::new(),
             ddl_ran: false,
             standby_gone: false,
+            unreadable: None,
         }
     }
 
@@ -561,6 +567,20 @@ impl<'a> Relay<'a> {
             }
             conn.applied_settings = wanted;
         }
+        // A login default or a startup parameter may have set it.
+        if let Some(why) = conn
+            .params
+            .iter()
+            .find_map(|(name, value)| super::tx_policy::unreadable_setting(name, value))
+        {
+            if self.transaction_mode() {
+                return Err(ClientError::fatal(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("{why} is not supported in transaction pooling mode"),
+                ));
+            }
+            self.text_unreadable(why);
+        }
         self.tx_status = conn.tx_status.byte();
         tracing::trace!(client = self.cancel.pid, server = ?conn.key.as_ref().map(|k| k.pid), "attach");
         self.cancel
@@ -675,6 +695,12 @@ impl<'a> Relay<'a> {
             if std::mem::take(&mut self.standby_gone) {
                 self.let_standby_go();
                 continue;
+            }
+            if self.unreadable.is_some() && self.in_sync() {
+                let why = self.unreadable.take().unwrap_or_default();
+                return End::CannotPool(format!(
+                    "{why} is not supported in transaction pooling mode"
+                ));
             }
             if self.route.wants_write_position() && self.in_sync() && self.tx_status == b'I' {
                 self.read_write_position().await;
@@ -1202,6 +1228,21 @@ impl<'a> Relay<'a> {
         self.cancel.set_target(None);
         // Dropped: closed, never pooled.
         self.server = None;
+    }
+
+    /// The server now reads the session's text in a way pghalo does not
+    /// (see `tx_policy::unreadable_setting`). Tracking it is over: with
+    /// load balancing the session stays on the primary from now on; in
+    /// transaction mode it ends once the server has answered, its server
+    /// connection closed, before a SET pghalo could not see reaches
+    /// another client.
+    fn text_unreadable(&mut self, why: String) {
+        if self.transaction_mode() {
+            tracing::warn!(client = self.cancel.pid, "{why}: the session ends");
+            self.unreadable.get_or_insert(why);
+        } else if self.balancing {
+            self.route.note_effects(&[Effect::Refuse(why)]);
+        }
     }
 
     /// Why the node of the session's server connection must not serve it
@@ -1937,6 +1978,11 @@ impl<'a> Relay<'a> {
                     && let Ok(p) = be::ParameterStatus::parse(&message[5..])
                 {
                     conn.note_parameter(&p);
+                    if let (Ok(name), Ok(value)) = (p.name.to_str(), p.value.to_str())
+                        && let Some(why) = super::tx_policy::unreadable_setting(name, value)
+                    {
+                        self.text_unreadable(why);
+                    }
                 }
             }
             _ => {}
@@ -2173,6 +2219,10 @@ impl<'a> Relay<'a> {
             End::NodeRetired(why) => {
                 Some(ClientError::fatal(SqlState::ADMIN_SHUTDOWN, why.clone()))
             }
+            End::CannotPool(why) => Some(ClientError::fatal(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                why.clone(),
+            )),
             End::ClientTerminated | End::ClientGone => None,
         };
         if let Some(error) = reply {

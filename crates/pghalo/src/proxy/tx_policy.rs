@@ -5,7 +5,7 @@
 //! tables, session advisory locks, set_config, role changes) is refused with
 //! a clear error rather than left behind for another client.
 
-use crate::router::lexer::{Statement, Token, statements};
+use crate::router::lexer::{Kind, Statement, Token, statements};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -37,7 +37,7 @@ pub fn effects(sql: &str) -> Vec<Effect> {
 }
 
 /// First words of every statement [`effect`] may find more than Plain in.
-const SESSION_WORDS: [&str; 10] = [
+const SESSION_WORDS: [&str; 11] = [
     "set",
     "reset",
     "discard",
@@ -48,6 +48,7 @@ const SESSION_WORDS: [&str; 10] = [
     "load",
     "declare",
     "create",
+    "do",
 ];
 
 /// One statement that cannot touch session state, told without lexing it
@@ -73,6 +74,10 @@ fn plainly_plain(sql: &str) -> bool {
     !SESSION_WORDS.iter().any(|w| first.eq_ignore_ascii_case(w))
         && !contains_ignoring_case(text, "set_config")
         && !contains_ignoring_case(text, "advisory_lock")
+        // SELECT ... INTO TEMP, pg_temp.
+        && !contains_ignoring_case(text, "temp")
+        // A U&"..." name may spell anything.
+        && !text.contains("&\"")
 }
 
 fn contains_ignoring_case(text: &str, lower: &str) -> bool {
@@ -103,6 +108,9 @@ fn effect(stmt: &Statement<'_>) -> Effect {
             return refuse(&format!("{function}() at session level"));
         }
     }
+    if let Some(what) = temp_creation(stmt) {
+        return refuse(what);
+    }
     match words.as_slice() {
         ["set", "local", ..] | ["set", "transaction", ..] | ["set", "constraints", ..] => {
             Effect::Plain
@@ -115,6 +123,19 @@ fn effect(stmt: &Statement<'_>) -> Effect {
             refuse("SET SESSION AUTHORIZATION")
         }
         ["set", ..] => match set_target(stmt) {
+            // Then CREATE makes temporary objects, without saying TEMP.
+            Some(name)
+                if name == "search_path"
+                    && first_value(stmt.text).is_some_and(|v| is_temp_schema(&v)) =>
+            {
+                refuse("a search_path with pg_temp first")
+            }
+            Some(name)
+                if let Some(what) =
+                    first_value(stmt.text).and_then(|value| unreadable_setting(&name, &value)) =>
+            {
+                Effect::Refuse(what)
+            }
             Some(name) => Effect::Set {
                 name,
                 statement: stmt.text.to_string(),
@@ -152,8 +173,235 @@ fn effect(stmt: &Statement<'_>) -> Effect {
             }
         }
         ["create", "or", "replace", "temp" | "temporary", ..] => refuse("temporary views"),
+        ["do", ..] => do_block(stmt),
         _ => Effect::Plain,
     }
+}
+
+/// A temporary object made without CREATE TEMP: `SELECT ... INTO TEMP`,
+/// or a CREATE whose object is named in pg_temp (kept: ON COMMIT DROP).
+fn temp_creation(stmt: &Statement<'_>) -> Option<&'static str> {
+    let tokens = &stmt.tokens;
+    let word = |i: usize| match tokens.get(i) {
+        Some(Token::Word(w)) => Some(w.as_str()),
+        _ => None,
+    };
+    for (i, token) in tokens.iter().enumerate().skip(1) {
+        if !matches!(token, Token::Word(w) if w == "into")
+            || matches!(word(i - 1), Some("insert" | "merge"))
+        {
+            continue;
+        }
+        let kind = match word(i + 1) {
+            Some("local" | "global") => word(i + 2),
+            other => other,
+        };
+        if matches!(kind, Some("temp" | "temporary")) {
+            return Some("SELECT ... INTO TEMP");
+        }
+    }
+    if word(0) != Some("create") || has_words(stmt, &["on", "commit", "drop"]) {
+        return None;
+    }
+    // The object's name comes before its definition, or before the table
+    // an index, trigger or rule is made ON.
+    for (i, token) in tokens.iter().enumerate().skip(1) {
+        match token {
+            Token::Punct('(') => break,
+            Token::Word(w) if matches!(w.as_str(), "as" | "on" | "from") => break,
+            Token::Word(name) | Token::Quoted(name)
+                if is_temp_schema(name) && tokens.get(i + 1) == Some(&Token::Punct('.')) =>
+            {
+                return Some("objects in pg_temp");
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// pg_temp, or the session's own temporary schema (pg_temp_3).
+fn is_temp_schema(name: &str) -> bool {
+    name == "pg_temp"
+        || name
+            .strip_prefix("pg_temp_")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Why pghalo could no longer read the session's statements the way the
+/// server does, once the server runs with `name` = `value`: with
+/// standard_conforming_strings off a backslash escapes a quote in every
+/// string, and in a client-only encoding (SJIS, BIG5, GBK, UHC, GB18030,
+/// JOHAB) a character's second byte may be a backslash, while pghalo reads
+/// the text as sent. A SET it cannot see would then stay behind.
+pub fn unreadable_setting(name: &str, value: &str) -> Option<String> {
+    let folded: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    match name {
+        "standard_conforming_strings"
+            if !matches!(folded.as_str(), "on" | "true" | "yes" | "1" | "default") =>
+        {
+            Some("standard_conforming_strings = off".to_string())
+        }
+        "client_encoding"
+            if matches!(
+                folded.as_str(),
+                "sjis"
+                    | "shiftjis"
+                    | "mskanji"
+                    | "win932"
+                    | "cp932"
+                    | "shiftjis2004"
+                    | "big5"
+                    | "win950"
+                    | "cp950"
+                    | "gbk"
+                    | "win936"
+                    | "cp936"
+                    | "gb18030"
+                    | "uhc"
+                    | "win949"
+                    | "cp949"
+                    | "johab"
+            ) =>
+        {
+            Some(format!("client_encoding {value}"))
+        }
+        _ => None,
+    }
+}
+
+/// The first value of `SET [SESSION] name {TO|=} value, ...` (or of `SET
+/// SCHEMA value`), unquoted; a quoted list's first element.
+fn first_value(sql: &str) -> Option<String> {
+    let mut lexemes = crate::router::lexer::lexemes(sql)
+        .map_while(Result::ok)
+        .filter(|l| l.kind != Kind::Comment)
+        .map(|l| (l.kind, &sql[l.start..l.end]))
+        .skip(1) // SET
+        .skip_while(|(kind, text)| *kind == Kind::Word && text.eq_ignore_ascii_case("session"))
+        .skip(1) // the parameter
+        .skip_while(|(kind, text)| {
+            *kind == Kind::Punct(b'=') || (*kind == Kind::Word && text.eq_ignore_ascii_case("to"))
+        });
+    let (kind, text) = lexemes.next()?;
+    Some(match kind {
+        Kind::Word | Kind::Number => text.to_ascii_lowercase(),
+        Kind::Quoted => text.trim_matches('"').to_string(),
+        Kind::String => {
+            let inner = text.trim_start_matches(['e', 'E']).trim_matches('\'');
+            let element = inner.split(',').next().unwrap_or_default().trim();
+            element.trim_matches('"').to_string()
+        }
+        _ => return None,
+    })
+}
+
+/// Words after which a PL/pgSQL statement starts inside a statement the
+/// lexer sees (it splits at `;` only): `BEGIN SET ...`, `THEN LISTEN ...`.
+const PLPGSQL_STARTERS: [&str; 5] = ["begin", "then", "else", "loop", "declare"];
+
+/// A DO block, read as far as its text shows: PL/pgSQL statements are
+/// judged like top-level ones (a session SET cannot be tracked there, as
+/// the block decides at run time whether it runs), and so is every string
+/// literal of a statement that EXECUTEs. A block in another language is
+/// like a function: its body is not looked into.
+fn do_block(stmt: &Statement<'_>) -> Effect {
+    let refuse = |what: String| Effect::Refuse(format!("{what} inside a DO block"));
+    let mut language = None;
+    let mut body = None;
+    let mut lexemes = crate::router::lexer::lexemes(stmt.text)
+        .map_while(Result::ok)
+        .filter(|l| l.kind != Kind::Comment)
+        .map(|l| (l.kind, &stmt.text[l.start..l.end]));
+    while let Some((kind, text)) = lexemes.next() {
+        match kind {
+            Kind::Word if text.eq_ignore_ascii_case("language") => {
+                language = lexemes
+                    .next()
+                    .map(|(_, name)| name.trim_matches(['"', '\'']).to_ascii_lowercase());
+            }
+            Kind::String if body.is_none() => body = Some(text),
+            _ => {}
+        }
+    }
+    if language.as_deref().is_some_and(|l| l != "plpgsql") {
+        return Effect::Plain;
+    }
+    match body.and_then(string_content) {
+        Some(body) => match body_effect(&body) {
+            Some(what) => refuse(what),
+            None => Effect::Plain,
+        },
+        None => refuse("a body pghalo cannot read".to_string()),
+    }
+}
+
+/// What in PL/pgSQL text `body` would change the session, if anything.
+fn body_effect(body: &str) -> Option<String> {
+    let Ok(list) = statements(body) else {
+        return Some("a body pghalo cannot read".to_string());
+    };
+    for inner in &list {
+        let starts = std::iter::once(0).chain(
+            inner
+                .tokens
+                .iter()
+                .enumerate()
+                .filter(
+                    |(_, t)| matches!(t, Token::Word(w) if PLPGSQL_STARTERS.contains(&w.as_str())),
+                )
+                .map(|(i, _)| i + 1),
+        );
+        for start in starts {
+            let part = Statement {
+                text: inner.text,
+                tokens: inner.tokens[start.min(inner.tokens.len())..].to_vec(),
+            };
+            match effect(&part) {
+                Effect::Plain | Effect::RollbackToSavepoint => {}
+                Effect::Refuse(what) => return Some(what),
+                Effect::Set { name, .. } => return Some(format!("SET {name}")),
+                Effect::Reset(_) => return Some("RESET".to_string()),
+                Effect::Discard => return Some("DISCARD ALL".to_string()),
+                Effect::DeallocateAll => return Some("DEALLOCATE ALL".to_string()),
+            }
+        }
+        if has_words(inner, &["execute"]) {
+            // Each literal, and all of them joined ('LIS' || 'TEN x').
+            let literals: Vec<String> = crate::router::lexer::lexemes(inner.text)
+                .map_while(Result::ok)
+                .filter(|l| l.kind == Kind::String)
+                .filter_map(|l| string_content(&inner.text[l.start..l.end]))
+                .collect();
+            let joined = (literals.len() > 1).then(|| literals.concat());
+            for literal in literals.iter().chain(joined.as_ref()) {
+                if let Some(what) = body_effect(literal) {
+                    return Some(what);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The text a string literal stands for: `'...'` with its doubled quotes,
+/// a dollar-quoted string's; an E'...' string's with escaped quotes undone
+/// and other escapes left (enough to see its words).
+fn string_content(literal: &str) -> Option<String> {
+    if let Some(inner) = literal.strip_prefix(['e', 'E']) {
+        let inner = inner.strip_prefix('\'')?.strip_suffix('\'')?;
+        return Some(inner.replace("\\'", "'").replace("''", "'"));
+    }
+    if let Some(inner) = literal.strip_prefix('\'') {
+        return Some(inner.strip_suffix('\'')?.replace("''", "'"));
+    }
+    let tag_end = literal.strip_prefix('$')?.find('$')? + 2;
+    let inner = literal.get(tag_end..literal.len().checked_sub(tag_end)?)?;
+    Some(inner.to_string())
 }
 
 /// The parameter a `SET [SESSION] name {TO|=} ...` changes.
@@ -322,6 +570,129 @@ mod tests {
             "PREPARE TRANSACTION 'x'",
             "SELECT 'SET ROLE x'",
             "INSERT INTO t VALUES ('listen')",
+        ] {
+            assert_eq!(one(sql), Effect::Plain, "{sql}");
+        }
+    }
+
+    #[test]
+    fn temporary_objects_made_without_create_temp_are_refused() {
+        for sql in [
+            "SELECT * INTO TEMP t FROM pg_class",
+            "select 1 as a into temporary table t",
+            "SELECT 1 INTO LOCAL TEMP t",
+            "WITH x AS (SELECT 1) SELECT * INTO TEMP t FROM x",
+            "(SELECT 1) INTO TEMP t",
+            "CREATE TABLE pg_temp.t (a int)",
+            "create table if not exists PG_TEMP.t (a int)",
+            "CREATE TABLE \"pg_temp\".t (a int)",
+            "CREATE VIEW pg_temp.v AS SELECT 1",
+            "CREATE SEQUENCE pg_temp_3.s",
+            "CREATE FUNCTION pg_temp.f() RETURNS int AS 'SELECT 1' LANGUAGE sql",
+            "CREATE TABLE pg_temp.t AS SELECT 1",
+            "SET search_path = pg_temp, public",
+            "set search_path to 'pg_temp', public",
+            "SET SESSION search_path = \"pg_temp\"",
+            "SET SCHEMA 'pg_temp'",
+        ] {
+            assert!(matches!(one(sql), Effect::Refuse(_)), "{sql}");
+            assert!(!plainly_plain(sql), "{sql}");
+        }
+        for sql in [
+            "INSERT INTO temp VALUES (1)",
+            "MERGE INTO temp USING s ON true WHEN MATCHED THEN DO NOTHING",
+            "SELECT * INTO t FROM pg_class",
+            "CREATE TABLE pg_temp.t (a int) ON COMMIT DROP",
+            "CREATE TABLE t AS SELECT * FROM pg_temp.x",
+            "CREATE INDEX i ON pg_temp.t (a)",
+            "CREATE TABLE pg_temporary.t (a int)",
+            "SELECT temperature FROM weather",
+        ] {
+            assert_eq!(one(sql), Effect::Plain, "{sql}");
+        }
+        assert!(matches!(
+            one("SET search_path = public, pg_temp"),
+            Effect::Set { name, .. } if name == "search_path"
+        ));
+    }
+
+    #[test]
+    fn quoted_names_of_refused_functions_are_refused() {
+        for sql in [
+            "SELECT \"set_config\"('a.b', '1', false)",
+            "SELECT pg_catalog.\"pg_advisory_lock\"(1)",
+            "SELECT U&\"\\0073et_config\"('a.b', '1', false)",
+        ] {
+            assert!(!plainly_plain(sql), "{sql}");
+            assert!(matches!(one(sql), Effect::Refuse(_)), "{sql}");
+        }
+    }
+
+    #[test]
+    fn settings_that_change_how_text_reads_are_refused() {
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "set standard_conforming_strings to 'off'",
+            "SET standard_conforming_strings = false",
+            "SET standard_conforming_strings = 0",
+            "SET client_encoding = 'SJIS'",
+            "SET client_encoding TO \"Shift_JIS\"",
+            "SET NAMES 'gbk'",
+            "SET client_encoding = WIN950",
+        ] {
+            assert!(matches!(one(sql), Effect::Refuse(_)), "{sql}");
+        }
+        for sql in [
+            "SET standard_conforming_strings = on",
+            "SET standard_conforming_strings TO DEFAULT",
+            "SET client_encoding = 'UTF8'",
+            "SET NAMES 'LATIN1'",
+            "SET client_encoding = 'EUC_JP'",
+        ] {
+            assert!(matches!(one(sql), Effect::Set { .. }), "{sql}");
+        }
+        assert!(unreadable_setting("standard_conforming_strings", "off").is_some());
+        assert!(unreadable_setting("standard_conforming_strings", "on").is_none());
+        assert!(unreadable_setting("client_encoding", "SJIS").is_some());
+        assert!(unreadable_setting("client_encoding", "UTF8").is_none());
+        assert!(unreadable_setting("DateStyle", "off").is_none());
+    }
+
+    #[test]
+    fn do_blocks_are_read_for_session_state() {
+        for sql in [
+            "DO $$BEGIN SET work_mem = '1MB'; END$$",
+            "do $x$ declare n int; begin perform set_config('a.b', '1', false); end $x$",
+            "DO $$BEGIN IF true THEN LISTEN ch; END IF; END$$",
+            "DO $$BEGIN CREATE TEMP TABLE t (a int); END$$",
+            "DO $$BEGIN PERFORM pg_advisory_lock(1); END$$",
+            "DO $$BEGIN EXECUTE 'SET ROLE x'; END$$",
+            "DO $$BEGIN EXECUTE format('SET %I = %L', 'work_mem', '1MB'); END$$",
+            "DO $$BEGIN EXECUTE 'SET ' || 'work_mem = 1'; END$$",
+            "DO $$BEGIN EXECUTE 'LIS' || 'TEN x'; END$$",
+            "DO $$BEGIN EXECUTE E'SET work_mem = \\'1MB\\''; END$$",
+            "DO 'BEGIN RESET ALL; END'",
+            "DO LANGUAGE plpgsql $$BEGIN DISCARD ALL; END$$",
+            "DO $$BEGIN SELECT 1 INTO TEMP t; END$$",
+            "DO $$BEGIN EXECUTE $q$DO $i$BEGIN SET x.y = 1; END$i$$q$; END$$",
+            "DO $$BEGIN 'unterminated; END$$",
+        ] {
+            assert!(!plainly_plain(sql), "{sql}");
+            assert!(
+                matches!(one(sql), Effect::Refuse(_)),
+                "{sql}: {:?}",
+                one(sql)
+            );
+        }
+        for sql in [
+            "DO $$BEGIN INSERT INTO t VALUES (1); END$$",
+            "DO $$DECLARE r record; BEGIN FOR r IN SELECT 1 LOOP RAISE NOTICE 'set %', r; END LOOP; END$$",
+            "DO $$BEGIN SET LOCAL work_mem = '1MB'; UPDATE t SET a = 1; END$$",
+            "DO $$BEGIN EXECUTE 'UPDATE t SET a = 1'; END$$",
+            "DO $$BEGIN EXECUTE 'SELECT ' || 'a FROM t'; END$$",
+            "DO E'BEGIN NULL; END'",
+            "DO LANGUAGE plperl $$ spi_exec_query('SET x.y = 1') $$",
+            "DO $$ SET x = 1 $$ LANGUAGE plpython3u",
         ] {
             assert_eq!(one(sql), Effect::Plain, "{sql}");
         }

@@ -63,10 +63,11 @@
 //!   or name the functions in write_function_list.
 //! - Unlogged tables cannot be read on a standby; nothing in the text says
 //!   a table is unlogged (pgpool asks the catalog).
-//! - The session must bypass classification (primary) when the client
-//!   encoding is one whose multi-byte characters hold ASCII bytes (SJIS,
-//!   BIG5, GBK, UHC, GB18030) or when standard_conforming_strings is off:
-//!   the text is then read differently by the server.
+//! - When the client encoding is one whose multi-byte characters hold
+//!   ASCII bytes (SJIS, BIG5, GBK, UHC, GB18030, JOHAB) or
+//!   standard_conforming_strings is off, the server reads the text
+//!   differently: the relay keeps such a session on the primary (the
+//!   server's ParameterStatus tells it; `proxy::tx_policy::unreadable_setting`).
 //! - A plain SELECT settled lexically is not syntax-checked: if malformed,
 //!   a standby reports the same syntax error the primary would.
 

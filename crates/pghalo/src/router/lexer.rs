@@ -38,11 +38,13 @@ impl Statement<'_> {
     }
 
     /// Whether the statement calls a function named `name` (bare or
-    /// schema-qualified), i.e. the word is followed by '('.
+    /// schema-qualified, plain, quoted or U&-quoted), i.e. the name is
+    /// followed by '('.
     pub fn calls(&self, name: &str) -> bool {
-        self.tokens
-            .windows(2)
-            .any(|w| matches!((&w[0], &w[1]), (Token::Word(f), Token::Punct('(')) if f == name))
+        self.tokens.windows(2).any(|w| {
+            matches!((&w[0], &w[1]),
+                (Token::Word(f) | Token::Quoted(f), Token::Punct('(')) if f == name)
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -195,12 +197,18 @@ pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, LexError> {
     let mut out = Vec::new();
     let mut tokens = Vec::new();
     let mut start = 0;
+    let mut skip_uescape = 0u8;
     for lexeme in lexemes(sql) {
         let Lexeme {
             kind,
             start: from,
             end,
         } = lexeme?;
+        if kind != Kind::Comment && skip_uescape > 0 {
+            // UESCAPE and its literal belong to the name before them.
+            skip_uescape -= 1;
+            continue;
+        }
         match kind {
             Kind::Semicolon => {
                 if !tokens.is_empty() {
@@ -214,7 +222,30 @@ pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, LexError> {
             Kind::Comment => {}
             Kind::String | Kind::Number | Kind::Param => tokens.push(Token::Literal),
             Kind::Quoted => {
-                tokens.push(Token::Quoted(sql[from + 1..end - 1].replace("\"\"", "\"")))
+                let quoted = sql[from + 1..end - 1].replace("\"\"", "\"");
+                // U&"..." reaches here as the word U, '&' and the quoted
+                // part, all touching: the name is what its escapes spell.
+                let unicode = from >= 2
+                    && tokens.last() == Some(&Token::Punct('&'))
+                    && sql
+                        .get(from - 2..from)
+                        .is_some_and(|p| p.eq_ignore_ascii_case("u&"))
+                    && matches!(tokens.iter().rev().nth(1), Some(Token::Word(w)) if w == "u");
+                if unicode {
+                    tokens.truncate(tokens.len() - 2);
+                    let named = uescape_after(&sql[end..]);
+                    if named.is_some() {
+                        skip_uescape = 2;
+                    }
+                    let escape = named.unwrap_or('\\');
+                    // An escape the server would reject: the statement fails
+                    // there, so what it names does not matter.
+                    tokens.push(Token::Quoted(
+                        unescape_unicode(&quoted, escape).unwrap_or(quoted),
+                    ));
+                } else {
+                    tokens.push(Token::Quoted(quoted));
+                }
             }
             Kind::Word => tokens.push(Token::Word(sql[from..end].to_ascii_lowercase())),
             Kind::Punct(c) => tokens.push(Token::Punct(char::from(c))),
@@ -227,6 +258,73 @@ pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, LexError> {
         });
     }
     Ok(out)
+}
+
+/// The escape character a `UESCAPE 'c'` clause at the head of `rest`
+/// names, comments skipped.
+fn uescape_after(rest: &str) -> Option<char> {
+    let mut next = lexemes(rest)
+        .map_while(Result::ok)
+        .filter(|l| l.kind != Kind::Comment);
+    let word = next.next()?;
+    if word.kind != Kind::Word || !rest[word.start..word.end].eq_ignore_ascii_case("uescape") {
+        return None;
+    }
+    let literal = next.next()?;
+    let text = &rest[literal.start..literal.end];
+    let mut chars = text.strip_prefix('\'')?.strip_suffix('\'')?.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
+}
+
+/// A U&-quoted identifier's text with its escapes (`\XXXX`,
+/// `\+XXXXXX`, a doubled escape) turned into characters; None where the
+/// server would refuse it.
+fn unescape_unicode(text: &str, escape: char) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    let mut high: Option<u32> = None;
+    while let Some(c) = chars.next() {
+        if c != escape {
+            if high.is_some() {
+                return None;
+            }
+            out.push(c);
+            continue;
+        }
+        let code = match chars.clone().next() {
+            Some(c2) if c2 == escape => {
+                chars.next();
+                out.push(escape);
+                continue;
+            }
+            Some('+') => {
+                chars.next();
+                hex_digits(&mut chars, 6)?
+            }
+            _ => hex_digits(&mut chars, 4)?,
+        };
+        match (high.take(), code) {
+            (None, 0xD800..=0xDBFF) => high = Some(code),
+            (Some(h), 0xDC00..=0xDFFF) => out.push(char::from_u32(
+                0x10000 + ((h - 0xD800) << 10) + (code - 0xDC00),
+            )?),
+            (None, _) => out.push(char::from_u32(code)?),
+            (Some(_), _) => return None,
+        }
+    }
+    high.is_none().then_some(out)
+}
+
+/// The next `n` characters read as a hexadecimal number.
+fn hex_digits(chars: &mut std::str::Chars<'_>, n: usize) -> Option<u32> {
+    let digits: String = chars.take(n).collect();
+    if digits.len() != n {
+        return None;
+    }
+    u32::from_str_radix(&digits, 16).ok()
 }
 
 fn skip_block_comment(bytes: &[u8], mut i: usize) -> Result<usize, LexError> {
@@ -338,6 +436,41 @@ mod tests {
         assert!(s[0].calls("set_config"));
         let s = statements("SELECT 'set_config(' , set_configx(1)").unwrap();
         assert!(!s[0].calls("set_config"));
+    }
+
+    #[test]
+    fn quoted_and_unicode_names_are_calls_too() {
+        for sql in [
+            "SELECT \"set_config\"('a.b', '1', false)",
+            "SELECT pg_catalog.\"set_config\"('a.b', '1', false)",
+            "SELECT U&\"\\0073et_config\"('a.b', '1', false)",
+            "SELECT u&\"set\\005Fconfig\"('a.b', '1', false)",
+            "SELECT U&\"!0073et_config\" UESCAPE '!' ('a.b', '1', false)",
+            "SELECT U&\"!+000073et_config\" /* c */ UESCAPE '!'('a.b', '1', false)",
+            // Not U&: a column ANDed with a call.
+            "SELECT u & \"set_config\"('a.b', '1', false)",
+        ] {
+            let s = statements(sql).unwrap();
+            assert!(s[0].calls("set_config"), "{sql}: {:?}", s[0].tokens);
+        }
+        for sql in [
+            // Quoted names keep their case: this is another function.
+            "SELECT \"SET_CONFIG\"('a.b', '1', false)",
+            "SELECT U&\"\\0073et_configx\"(1)",
+        ] {
+            let s = statements(sql).unwrap();
+            assert!(!s[0].calls("set_config"), "{sql}: {:?}", s[0].tokens);
+        }
+        assert_eq!(
+            unescape_unicode("d\\0061t\\+000061\\\\", '\\').as_deref(),
+            Some("data\\")
+        );
+        assert_eq!(
+            unescape_unicode("\\D83D\\DE00", '\\').as_deref(),
+            Some("\u{1F600}")
+        );
+        assert_eq!(unescape_unicode("\\D83Dx", '\\'), None);
+        assert_eq!(unescape_unicode("\\12", '\\'), None);
     }
 
     #[test]
