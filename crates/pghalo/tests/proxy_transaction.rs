@@ -350,6 +350,30 @@ async fn text_the_server_reads_differently_is_not_pooled() {
     );
 }
 
+/// A named portal runs the statement it was bound to, not the one bound
+/// last: its SET is counted when it is executed after another Bind, and
+/// follows its client, not the server connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_portal_executed_after_another_bind_counts_its_own_statement() {
+    let (_daemon, config) = transaction_proxy("tx-portals", 1).await;
+    let info = conninfo(config.port, "postgres", &password());
+    let mut setter = pg_connect(&info).await.unwrap();
+    let other = pg_connect(&info).await.unwrap();
+    let txn = setter.transaction().await.unwrap();
+    let set = txn.prepare("SET work_mem = '3MB'").await.unwrap();
+    let select = txn.prepare("SELECT 1").await.unwrap();
+    let set_portal = txn.bind(&set, &[]).await.unwrap();
+    let select_portal = txn.bind(&select, &[]).await.unwrap();
+    txn.query_portal(&set_portal, 0).await.unwrap();
+    txn.query_portal(&select_portal, 0).await.unwrap();
+    txn.commit().await.unwrap();
+    // One server connection: the other client's transaction runs on it.
+    let theirs: String = other.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(theirs, "4MB", "the SET reached another client");
+    let mine: String = setter.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(mine, "3MB", "the SET did not follow its client");
+}
+
 /// pgbench's write transactions with prepared statements, 16 clients on 3
 /// server connections.
 #[tokio::test(flavor = "multi_thread")]

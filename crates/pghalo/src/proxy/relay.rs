@@ -238,8 +238,11 @@ pub(super) struct Relay<'a> {
     skip_until_sync: bool,
     /// An error was seen since the last Sync.
     pipeline_failed: bool,
-    /// Effects of the statement last bound: what an Execute runs.
-    bound_effects: Vec<Effect>,
+    /// Effects of the statements bound to portals still open, by portal
+    /// name: what an Execute of that portal runs. Only portals with
+    /// effects are listed (most have none); all are gone when the
+    /// transaction ends.
+    portal_effects: Vec<(Vec<u8>, Vec<Effect>)>,
     /// Effects of the unnamed statement, bound with it.
     unnamed_effects: Vec<Effect>,
     /// Effects of statements the segment being answered ran outside a
@@ -370,7 +373,7 @@ impl<'a> Relay<'a> {
             unsynced: false,
             skip_until_sync: false,
             pipeline_failed: false,
-            bound_effects: Vec::new(),
+            portal_effects: Vec::new(),
             unnamed_effects: Vec::new(),
             segment_implicit: Vec::new(),
             segment_in_block: None,
@@ -1487,6 +1490,11 @@ impl<'a> Relay<'a> {
                 self.unsynced = true;
                 let target = fe::TargetName::parse_close(&body)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?;
+                if target.target == fe::Target::Portal {
+                    let portal = target.name.as_bytes();
+                    self.portal_effects
+                        .retain(|(name, _)| name.as_slice() != portal);
+                }
                 let named_statement = self.tracking()
                     && target.target == fe::Target::Statement
                     && !target.name.as_bytes().is_empty();
@@ -1514,8 +1522,16 @@ impl<'a> Relay<'a> {
             }
             fe::EXECUTE => {
                 self.unsynced = true;
+                let execute =
+                    fe::Execute::parse(&body).map_err(|e| End::ClientProtocol(e.to_string()))?;
+                let portal = execute.portal.as_bytes();
+                let effects = self
+                    .portal_effects
+                    .iter()
+                    .find(|(name, _)| name.as_slice() == portal)
+                    .map(|(_, effects)| effects.clone())
+                    .unwrap_or_default();
                 self.sout.extend_from_slice(&message);
-                let effects = self.bound_effects.clone();
                 self.queue.push_back(Expect::Execute { effects });
             }
             fe::SYNC if self.copy_in_extended => {
@@ -1670,21 +1686,29 @@ impl<'a> Relay<'a> {
     fn client_bind(&mut self, message: Bytes, body: &Bytes) -> Result<(), End> {
         self.unsynced = true;
         let bind = Bind::parse(body).map_err(|e| End::ClientProtocol(e.to_string()))?;
-        match self.statement_for(fe::Target::Statement, bind.statement.as_bytes()) {
+        let effects = match self.statement_for(fe::Target::Statement, bind.statement.as_bytes()) {
             Some((server_name, rest, effects)) => {
-                self.bound_effects = effects;
                 self.ensure_prepared(&server_name, &rest);
                 bind.write_renamed(&mut self.sout, &server_name)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?;
+                effects
             }
             None => {
-                if bind.statement.as_bytes().is_empty() {
-                    self.bound_effects.clone_from(&self.unnamed_effects);
-                } else {
-                    self.bound_effects.clear();
-                }
                 self.sout.extend_from_slice(&message);
+                if bind.statement.as_bytes().is_empty() {
+                    self.unnamed_effects.clone()
+                } else {
+                    Vec::new()
+                }
             }
+        };
+        // A Bind replaces a portal of the same name (the unnamed one; a
+        // named one only after it was closed).
+        let portal = bind.portal.as_bytes();
+        self.portal_effects
+            .retain(|(name, _)| name.as_slice() != portal);
+        if !effects.is_empty() {
+            self.portal_effects.push((portal.to_vec(), effects));
         }
         self.queue.push_back(Expect::Bind);
         Ok(())
@@ -2158,6 +2182,10 @@ impl<'a> Relay<'a> {
             // Committed (or rolled back): pg_proc may say something new.
             self.ddl_ran = false;
             self.proxy.catalog_changed();
+        }
+        if status == b'I' {
+            // Portals live no longer than their transaction.
+            self.portal_effects.clear();
         }
         if status == b'I' && before != b'I' {
             self.route.transaction_ended();
