@@ -280,6 +280,16 @@ async fn session_state_in_disguise_is_refused() {
         .get(0);
     assert_eq!(persistence as u8, b't');
     direct.batch_execute("DISCARD ALL").await.unwrap();
+    // The same search_path asked for at login.
+    let Err(err) = pg_connect(&format!(
+        "{} options='-c search_path=pg_temp,public'",
+        conninfo(config.port, "postgres", &password())
+    ))
+    .await
+    else {
+        panic!("a login with search_path pg_temp first was pooled");
+    };
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err:?}");
     // What looks alike but holds nothing after the transaction runs.
     for sql in [
         "DO $$BEGIN SET LOCAL work_mem = '7MB'; END$$",

@@ -269,6 +269,32 @@ async fn a_session_pghalo_cannot_read_stays_on_the_primary() {
     later.simple_query("SELECT scs_off()").await.unwrap();
     let landed = count_reads(&later, read, 60).await;
     assert_eq!(landed, [60, 0, 0], "set by a function");
+
+    // Set by the client: the SET itself runs on the primary, where the
+    // rest of the session goes, not on the standby it would have been
+    // balanced to.
+    for _ in 0..10 {
+        let client = pg_connect(&info).await.unwrap();
+        client
+            .simple_query("SET standard_conforming_strings = off")
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            let row = client
+                .query_one(
+                    "SELECT current_setting('standard_conforming_strings'), inet_server_port()",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let (value, port): (String, i32) = (row.get(0), row.get(1));
+            assert_eq!(
+                (value.as_str(), node_of_port(&port.to_string())),
+                ("off", 0),
+                "after the client's SET"
+            );
+        }
+    }
     daemon.stop();
 }
 

@@ -352,8 +352,16 @@ fn expired(conn: &ServerConnection, settings: &PoolSettings) -> bool {
 /// An idle connection has nothing to say: end-of-file means the server
 /// went away (restart, idle_session_timeout), anything else means it is out
 /// of step. Either way it must not be used.
+///
+/// A socket registered with this thread's runtime needs no system call:
+/// the runtime has recorded the readiness of whatever the server sent while
+/// the connection sat idle, which the read attempt below finds. Only what
+/// arrived since the runtime last polled for events escapes it, and a
+/// transaction sent there fails as one the server dropped midway would.
+/// Registered elsewhere (a TLS connection that cannot move, one about to
+/// move here), the kernel is asked.
 fn still_open(conn: &mut ServerConnection) -> bool {
-    if !conn.read_buf.is_empty() || conn.stream().closed_or_unread() {
+    if !conn.read_buf.is_empty() || (!conn.is_home() && conn.stream().closed_or_unread()) {
         return false;
     }
     // One read attempt that must not wait (not even for a timer tick):

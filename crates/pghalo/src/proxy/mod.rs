@@ -7,6 +7,7 @@
 
 mod cancel;
 mod client_auth;
+mod do_block;
 mod error;
 mod relay;
 mod route;

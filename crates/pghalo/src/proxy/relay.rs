@@ -901,7 +901,7 @@ impl<'a> Relay<'a> {
             }
             if self.planned.is_none() && self.request_starts(tag) {
                 if let Some(why) = self.node_retired() {
-                    if !self.standby_retired_while_idle() {
+                    if !self.standby_retired_while_idle() || self.needs_this_node(tag) {
                         return Some(End::NodeRetired(why));
                     }
                     self.let_standby_go();
@@ -1212,6 +1212,30 @@ impl<'a> Relay<'a> {
             && self.standby_between_requests()
     }
 
+    /// Whether the request at the head of `cin` must run on the session's
+    /// node: it binds or describes the unnamed statement an earlier
+    /// segment prepared there, or it is not whole yet (what it will need is
+    /// not known).
+    fn needs_this_node(&self, tag: u8) -> bool {
+        if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) {
+            return false;
+        }
+        let segment = self.scan_segment(&self.proxy.routing());
+        !segment.complete || segment.forced == Some(self.key.node)
+    }
+
+    /// Session mode with load balancing: whether statement text `sql` holds
+    /// session state pghalo cannot replay on other nodes (SET ROLE, LISTEN,
+    /// standard_conforming_strings off...). Such a statement pins the
+    /// session to the primary, and must itself run there, where the rest
+    /// of the session will. (Transaction mode refuses it instead.)
+    fn pins_session(&self, sql: &[u8]) -> bool {
+        !self.transaction_mode()
+            && effects(&String::from_utf8_lossy(sql))
+                .iter()
+                .any(|e| matches!(e, Effect::Refuse(_)))
+    }
+
     /// Whether `node` may serve the session's next request: up and
     /// attached, as far as the published topology says (without one,
     /// every node may).
@@ -1310,6 +1334,9 @@ impl<'a> Relay<'a> {
                 let sql = body.strip_suffix(&[0]).unwrap_or(body);
                 let class = routing.classifier.classify(sql);
                 need = self.route.need(sql, &class, &routing);
+                if need != Need::Primary && self.pins_session(sql) {
+                    need = Need::Primary;
+                }
                 runs.push(class);
             }
             fe::FUNCTION_CALL => need = Need::Primary,
@@ -1326,10 +1353,14 @@ impl<'a> Relay<'a> {
             self.key.node
         } else if let Some(node) = forced {
             node
-        } else if runs.is_empty() && need == Need::Read && self.node_usable(self.key.node) {
+        } else if runs.is_empty()
+            && need == Need::Read
+            && (self.node_usable(self.key.node) || self.key.node == self.proxy.primary_node())
+        {
             // Nothing runs (a lone Sync, a Describe): wherever the session
-            // is, unless that node was found down: its backend may not
-            // have noticed yet, and would answer with its dying words.
+            // is, unless that is a standby found down: its backend may not
+            // have noticed yet, and would answer with its dying words. (On
+            // the primary the session's state may live alone: it stays.)
             self.key.node
         } else {
             let snapshot = self.proxy.topology();
@@ -1382,7 +1413,9 @@ impl<'a> Relay<'a> {
                     };
                     let sql = parse.query.as_bytes();
                     let class = routing.classifier.classify(sql);
-                    if self.route.need(sql, &class, routing) == Need::Primary {
+                    if self.route.need(sql, &class, routing) == Need::Primary
+                        || self.pins_session(sql)
+                    {
                         segment.primary = true;
                     }
                     parsed.push((parse.name.as_bytes(), sql, class));
@@ -1522,14 +1555,16 @@ impl<'a> Relay<'a> {
             }
             fe::EXECUTE => {
                 self.unsynced = true;
-                let execute =
-                    fe::Execute::parse(&body).map_err(|e| End::ClientProtocol(e.to_string()))?;
-                let portal = execute.portal.as_bytes();
-                let effects = self
-                    .portal_effects
-                    .iter()
-                    .find(|(name, _)| name.as_slice() == portal)
-                    .map(|(_, effects)| effects.clone())
+                // A malformed one is the server's to judge: it runs nothing.
+                let effects = fe::Execute::parse(&body)
+                    .ok()
+                    .and_then(|execute| {
+                        let portal = execute.portal.as_bytes();
+                        self.portal_effects
+                            .iter()
+                            .find(|(name, _)| name.as_slice() == portal)
+                            .map(|(_, effects)| effects.clone())
+                    })
                     .unwrap_or_default();
                 self.sout.extend_from_slice(&message);
                 self.queue.push_back(Expect::Execute { effects });

@@ -35,7 +35,16 @@ pub(super) async fn run(
         database: who.database.clone(),
         user: who.user.clone(),
     };
-    let wanted = ClientSettings::new(requested_settings(&startup)?);
+    let requested = requested_settings(&startup)?;
+    if settings.pool_mode == crate::config::PoolMode::Transaction
+        && let Some(why) = super::tx_policy::startup_refusal(&requested)
+    {
+        return Err(ClientError::fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            format!("{why} is not supported in transaction pooling mode"),
+        ));
+    }
+    let wanted = ClientSettings::new(requested);
     let route = SessionRoute::new(SessionIdentity {
         database: who.database.clone(),
         user: who.user.clone(),

@@ -88,13 +88,15 @@ fn contains_ignoring_case(text: &str, lower: &str) -> bool {
 
 fn effects_by_lexing(sql: &str) -> Vec<Effect> {
     match statements(sql) {
-        Ok(list) => list.iter().map(effect).collect(),
+        Ok(list) => list.iter().map(|stmt| effect_at(stmt, 0)).collect(),
         // Unreadable text reaches the server, which reports the error.
         Err(_) => vec![Effect::Plain],
     }
 }
 
-fn effect(stmt: &Statement<'_>) -> Effect {
+/// What `stmt` does to the session; `depth` counts the DO blocks and
+/// EXECUTEd strings it is found in (see `do_block`).
+pub(super) fn effect_at(stmt: &Statement<'_>, depth: u8) -> Effect {
     let words = stmt.leading_words(4);
     let refuse = |what: &str| Effect::Refuse(what.to_string());
     for function in [
@@ -124,15 +126,13 @@ fn effect(stmt: &Statement<'_>) -> Effect {
         }
         ["set", ..] => match set_target(stmt) {
             // Then CREATE makes temporary objects, without saying TEMP.
-            Some(name)
-                if name == "search_path"
-                    && first_value(stmt.text).is_some_and(|v| is_temp_schema(&v)) =>
-            {
+            Some(name) if name == "search_path" && temp_schema_creates(&set_values(stmt.text)) => {
                 refuse("a search_path with pg_temp first")
             }
             Some(name)
-                if let Some(what) =
-                    first_value(stmt.text).and_then(|value| unreadable_setting(&name, &value)) =>
+                if let Some(what) = set_values(stmt.text)
+                    .first()
+                    .and_then(|value| unreadable_setting(&name, value)) =>
             {
                 Effect::Refuse(what)
             }
@@ -173,7 +173,15 @@ fn effect(stmt: &Statement<'_>) -> Effect {
             }
         }
         ["create", "or", "replace", "temp" | "temporary", ..] => refuse("temporary views"),
-        ["do", ..] => do_block(stmt),
+        ["do", ..] => super::do_block::do_block(stmt, depth),
+        // EXPLAIN ANALYZE runs its statement.
+        ["explain", ..] => {
+            let inner = Statement {
+                text: stmt.text,
+                tokens: stmt.tokens[explained(&stmt.tokens)..].to_vec(),
+            };
+            effect_at(&inner, depth)
+        }
         _ => Effect::Plain,
     }
 }
@@ -192,11 +200,25 @@ fn temp_creation(stmt: &Statement<'_>) -> Option<&'static str> {
         {
             continue;
         }
-        let kind = match word(i + 1) {
-            Some("local" | "global") => word(i + 2),
-            other => other,
+        let mut at = i + 1;
+        if matches!(word(at), Some("local" | "global")) {
+            at += 1;
+        }
+        if !matches!(word(at), Some("temp" | "temporary")) {
+            continue;
+        }
+        at += 1;
+        if word(at) == Some("table") {
+            at += 1;
+        }
+        // A table's name follows; a PL/pgSQL variable named temp does not
+        // (`SELECT count(*) INTO temp FROM t`, `RETURNING id INTO temp`).
+        let named = match tokens.get(at) {
+            Some(Token::Quoted(_)) => true,
+            Some(Token::Word(w)) => !NOT_A_NAME.contains(&w.as_str()),
+            _ => false,
         };
-        if matches!(kind, Some("temp" | "temporary")) {
+        if named {
             return Some("SELECT ... INTO TEMP");
         }
     }
@@ -220,6 +242,51 @@ fn temp_creation(stmt: &Statement<'_>) -> Option<&'static str> {
     None
 }
 
+/// Words that end a SELECT's INTO clause: no table is named there.
+const NOT_A_NAME: [&str; 14] = [
+    "from",
+    "where",
+    "group",
+    "having",
+    "order",
+    "limit",
+    "offset",
+    "union",
+    "intersect",
+    "except",
+    "window",
+    "for",
+    "fetch",
+    "into",
+];
+
+/// Where the statement an EXPLAIN explains starts: after `EXPLAIN
+/// (options)` or `EXPLAIN [ANALYZE] [VERBOSE]`.
+fn explained(tokens: &[Token]) -> usize {
+    let mut at = 1;
+    if tokens.get(at) == Some(&Token::Punct('(')) {
+        let mut depth = 0usize;
+        for (i, token) in tokens.iter().enumerate().skip(at) {
+            match token {
+                Token::Punct('(') => depth += 1,
+                Token::Punct(')') => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        return tokens.len();
+    }
+    while matches!(tokens.get(at), Some(Token::Word(w)) if matches!(w.as_str(), "analyze" | "analyse" | "verbose"))
+    {
+        at += 1;
+    }
+    at
+}
+
 /// pg_temp, or the session's own temporary schema (pg_temp_3).
 fn is_temp_schema(name: &str) -> bool {
     name == "pg_temp"
@@ -235,6 +302,9 @@ fn is_temp_schema(name: &str) -> bool {
 /// JOHAB) a character's second byte may be a backslash, while pghalo reads
 /// the text as sent. A SET it cannot see would then stay behind.
 pub fn unreadable_setting(name: &str, value: &str) -> Option<String> {
+    if name != "standard_conforming_strings" && name != "client_encoding" {
+        return None;
+    }
     let folded: String = value
         .chars()
         .filter(char::is_ascii_alphanumeric)
@@ -274,10 +344,12 @@ pub fn unreadable_setting(name: &str, value: &str) -> Option<String> {
     }
 }
 
-/// The first value of `SET [SESSION] name {TO|=} value, ...` (or of `SET
-/// SCHEMA value`), unquoted; a quoted list's first element.
-fn first_value(sql: &str) -> Option<String> {
-    let mut lexemes = crate::router::lexer::lexemes(sql)
+/// The values of `SET [SESSION] name {TO|=} value, ...` (or of `SET
+/// SCHEMA value`), unquoted and lowercased where PostgreSQL folds them; a
+/// quoted string's comma-separated parts count as values too (erring
+/// towards seeing more).
+fn set_values(sql: &str) -> Vec<String> {
+    let lexemes = crate::router::lexer::lexemes(sql)
         .map_while(Result::ok)
         .filter(|l| l.kind != Kind::Comment)
         .map(|l| (l.kind, &sql[l.start..l.end]))
@@ -287,121 +359,52 @@ fn first_value(sql: &str) -> Option<String> {
         .skip_while(|(kind, text)| {
             *kind == Kind::Punct(b'=') || (*kind == Kind::Word && text.eq_ignore_ascii_case("to"))
         });
-    let (kind, text) = lexemes.next()?;
-    Some(match kind {
-        Kind::Word | Kind::Number => text.to_ascii_lowercase(),
-        Kind::Quoted => text.trim_matches('"').to_string(),
-        Kind::String => {
-            let inner = text.trim_start_matches(['e', 'E']).trim_matches('\'');
-            let element = inner.split(',').next().unwrap_or_default().trim();
-            element.trim_matches('"').to_string()
-        }
-        _ => return None,
-    })
-}
-
-/// Words after which a PL/pgSQL statement starts inside a statement the
-/// lexer sees (it splits at `;` only): `BEGIN SET ...`, `THEN LISTEN ...`.
-const PLPGSQL_STARTERS: [&str; 5] = ["begin", "then", "else", "loop", "declare"];
-
-/// A DO block, read as far as its text shows: PL/pgSQL statements are
-/// judged like top-level ones (a session SET cannot be tracked there, as
-/// the block decides at run time whether it runs), and so is every string
-/// literal of a statement that EXECUTEs. A block in another language is
-/// like a function: its body is not looked into.
-fn do_block(stmt: &Statement<'_>) -> Effect {
-    let refuse = |what: String| Effect::Refuse(format!("{what} inside a DO block"));
-    let mut language = None;
-    let mut body = None;
-    let mut lexemes = crate::router::lexer::lexemes(stmt.text)
-        .map_while(Result::ok)
-        .filter(|l| l.kind != Kind::Comment)
-        .map(|l| (l.kind, &stmt.text[l.start..l.end]));
-    while let Some((kind, text)) = lexemes.next() {
+    let mut values = Vec::new();
+    for (kind, text) in lexemes {
         match kind {
-            Kind::Word if text.eq_ignore_ascii_case("language") => {
-                language = lexemes
-                    .next()
-                    .map(|(_, name)| name.trim_matches(['"', '\'']).to_ascii_lowercase());
+            Kind::Word | Kind::Number => values.push(text.to_ascii_lowercase()),
+            Kind::Quoted => values.push(text.trim_matches('"').to_string()),
+            Kind::String => {
+                let inner = text.trim_start_matches(['e', 'E']).trim_matches('\'');
+                values.extend(
+                    inner
+                        .split(',')
+                        .map(|v| v.trim().trim_matches('"').to_string()),
+                );
             }
-            Kind::String if body.is_none() => body = Some(text),
             _ => {}
         }
     }
-    if language.as_deref().is_some_and(|l| l != "plpgsql") {
-        return Effect::Plain;
-    }
-    match body.and_then(string_content) {
-        Some(body) => match body_effect(&body) {
-            Some(what) => refuse(what),
-            None => Effect::Plain,
-        },
-        None => refuse("a body pghalo cannot read".to_string()),
-    }
+    values
 }
 
-/// What in PL/pgSQL text `body` would change the session, if anything.
-fn body_effect(body: &str) -> Option<String> {
-    let Ok(list) = statements(body) else {
-        return Some("a body pghalo cannot read".to_string());
-    };
-    for inner in &list {
-        let starts = std::iter::once(0).chain(
-            inner
-                .tokens
-                .iter()
-                .enumerate()
-                .filter(
-                    |(_, t)| matches!(t, Token::Word(w) if PLPGSQL_STARTERS.contains(&w.as_str())),
-                )
-                .map(|(i, _)| i + 1),
-        );
-        for start in starts {
-            let part = Statement {
-                text: inner.text,
-                tokens: inner.tokens[start.min(inner.tokens.len())..].to_vec(),
-            };
-            match effect(&part) {
-                Effect::Plain | Effect::RollbackToSavepoint => {}
-                Effect::Refuse(what) => return Some(what),
-                Effect::Set { name, .. } => return Some(format!("SET {name}")),
-                Effect::Reset(_) => return Some("RESET".to_string()),
-                Effect::Discard => return Some("DISCARD ALL".to_string()),
-                Effect::DeallocateAll => return Some("DEALLOCATE ALL".to_string()),
-            }
-        }
-        if has_words(inner, &["execute"]) {
-            // Each literal, and all of them joined ('LIS' || 'TEN x').
-            let literals: Vec<String> = crate::router::lexer::lexemes(inner.text)
-                .map_while(Result::ok)
-                .filter(|l| l.kind == Kind::String)
-                .filter_map(|l| string_content(&inner.text[l.start..l.end]))
+/// Whether CREATE makes temporary objects under a search_path of
+/// `schemas`: PostgreSQL creates in the first listed schema that exists,
+/// so pg_temp first counts, and after `"$user"` or an empty name (which
+/// rarely exist) too. A schema the client names before pg_temp is taken to
+/// exist: if it did not, its CREATEs would be going astray already.
+fn temp_schema_creates(schemas: &[String]) -> bool {
+    schemas
+        .iter()
+        .find(|schema| !schema.is_empty() && schema.as_str() != "$user")
+        .is_some_and(|schema| is_temp_schema(schema))
+}
+
+/// Why transaction pooling cannot take a client whose startup parameters
+/// are `settings`: they are replayed on every server connection it gets,
+/// which is fine, except a search_path that makes CREATE temporary.
+pub fn startup_refusal(settings: &[(String, String)]) -> Option<String> {
+    settings
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("search_path"))
+        .any(|(_, value)| {
+            let schemas: Vec<String> = value
+                .split(',')
+                .map(|v| v.trim().trim_matches('"').to_ascii_lowercase())
                 .collect();
-            let joined = (literals.len() > 1).then(|| literals.concat());
-            for literal in literals.iter().chain(joined.as_ref()) {
-                if let Some(what) = body_effect(literal) {
-                    return Some(what);
-                }
-            }
-        }
-    }
-    None
-}
-
-/// The text a string literal stands for: `'...'` with its doubled quotes,
-/// a dollar-quoted string's; an E'...' string's with escaped quotes undone
-/// and other escapes left (enough to see its words).
-fn string_content(literal: &str) -> Option<String> {
-    if let Some(inner) = literal.strip_prefix(['e', 'E']) {
-        let inner = inner.strip_prefix('\'')?.strip_suffix('\'')?;
-        return Some(inner.replace("\\'", "'").replace("''", "'"));
-    }
-    if let Some(inner) = literal.strip_prefix('\'') {
-        return Some(inner.strip_suffix('\'')?.replace("''", "'"));
-    }
-    let tag_end = literal.strip_prefix('$')?.find('$')? + 2;
-    let inner = literal.get(tag_end..literal.len().checked_sub(tag_end)?)?;
-    Some(inner.to_string())
+            temp_schema_creates(&schemas)
+        })
+        .then(|| "a search_path with pg_temp first".to_string())
 }
 
 /// The parameter a `SET [SESSION] name {TO|=} ...` changes.
@@ -594,6 +597,11 @@ mod tests {
             "set search_path to 'pg_temp', public",
             "SET SESSION search_path = \"pg_temp\"",
             "SET SCHEMA 'pg_temp'",
+            "SET search_path = '', pg_temp",
+            "SET search_path = \"$user\", pg_temp, public",
+            "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+            "EXPLAIN (ANALYZE, BUFFERS) CREATE TABLE pg_temp.t AS SELECT 1",
+            "explain analyze verbose select 1 into temp t",
         ] {
             assert!(matches!(one(sql), Effect::Refuse(_)), "{sql}");
             assert!(!plainly_plain(sql), "{sql}");
@@ -607,13 +615,29 @@ mod tests {
             "CREATE INDEX i ON pg_temp.t (a)",
             "CREATE TABLE pg_temporary.t (a int)",
             "SELECT temperature FROM weather",
+            "SELECT count(*) INTO temp FROM t",
+            "INSERT INTO t VALUES (1) RETURNING a INTO temp",
+            "SELECT a INTO temp, b FROM t",
+            "EXPLAIN SELECT 1",
+            "EXPLAIN (FORMAT JSON) SELECT * FROM t",
         ] {
             assert_eq!(one(sql), Effect::Plain, "{sql}");
         }
-        assert!(matches!(
-            one("SET search_path = public, pg_temp"),
-            Effect::Set { name, .. } if name == "search_path"
-        ));
+        for sql in [
+            "SET search_path = public, pg_temp",
+            "SET search_path = app, pg_temp",
+        ] {
+            assert!(
+                matches!(one(sql), Effect::Set { name, .. } if name == "search_path"),
+                "{sql}"
+            );
+        }
+        let startup = |value: &str| vec![("search_path".to_string(), value.to_string())];
+        assert!(startup_refusal(&startup("pg_temp, public")).is_some());
+        assert!(startup_refusal(&startup("\"$user\", pg_temp")).is_some());
+        assert!(startup_refusal(&startup("public, pg_temp")).is_none());
+        assert!(startup_refusal(&startup("app, public")).is_none());
+        assert!(startup_refusal(&[("work_mem".into(), "pg_temp".into())]).is_none());
     }
 
     #[test]
@@ -656,46 +680,6 @@ mod tests {
         assert!(unreadable_setting("client_encoding", "SJIS").is_some());
         assert!(unreadable_setting("client_encoding", "UTF8").is_none());
         assert!(unreadable_setting("DateStyle", "off").is_none());
-    }
-
-    #[test]
-    fn do_blocks_are_read_for_session_state() {
-        for sql in [
-            "DO $$BEGIN SET work_mem = '1MB'; END$$",
-            "do $x$ declare n int; begin perform set_config('a.b', '1', false); end $x$",
-            "DO $$BEGIN IF true THEN LISTEN ch; END IF; END$$",
-            "DO $$BEGIN CREATE TEMP TABLE t (a int); END$$",
-            "DO $$BEGIN PERFORM pg_advisory_lock(1); END$$",
-            "DO $$BEGIN EXECUTE 'SET ROLE x'; END$$",
-            "DO $$BEGIN EXECUTE format('SET %I = %L', 'work_mem', '1MB'); END$$",
-            "DO $$BEGIN EXECUTE 'SET ' || 'work_mem = 1'; END$$",
-            "DO $$BEGIN EXECUTE 'LIS' || 'TEN x'; END$$",
-            "DO $$BEGIN EXECUTE E'SET work_mem = \\'1MB\\''; END$$",
-            "DO 'BEGIN RESET ALL; END'",
-            "DO LANGUAGE plpgsql $$BEGIN DISCARD ALL; END$$",
-            "DO $$BEGIN SELECT 1 INTO TEMP t; END$$",
-            "DO $$BEGIN EXECUTE $q$DO $i$BEGIN SET x.y = 1; END$i$$q$; END$$",
-            "DO $$BEGIN 'unterminated; END$$",
-        ] {
-            assert!(!plainly_plain(sql), "{sql}");
-            assert!(
-                matches!(one(sql), Effect::Refuse(_)),
-                "{sql}: {:?}",
-                one(sql)
-            );
-        }
-        for sql in [
-            "DO $$BEGIN INSERT INTO t VALUES (1); END$$",
-            "DO $$DECLARE r record; BEGIN FOR r IN SELECT 1 LOOP RAISE NOTICE 'set %', r; END LOOP; END$$",
-            "DO $$BEGIN SET LOCAL work_mem = '1MB'; UPDATE t SET a = 1; END$$",
-            "DO $$BEGIN EXECUTE 'UPDATE t SET a = 1'; END$$",
-            "DO $$BEGIN EXECUTE 'SELECT ' || 'a FROM t'; END$$",
-            "DO E'BEGIN NULL; END'",
-            "DO LANGUAGE plperl $$ spi_exec_query('SET x.y = 1') $$",
-            "DO $$ SET x = 1 $$ LANGUAGE plpython3u",
-        ] {
-            assert_eq!(one(sql), Effect::Plain, "{sql}");
-        }
     }
 
     #[test]

@@ -272,7 +272,17 @@ fn uescape_after(rest: &str) -> Option<char> {
     }
     let literal = next.next()?;
     let text = &rest[literal.start..literal.end];
-    let mut chars = text.strip_prefix('\'')?.strip_suffix('\'')?.chars();
+    // Any string constant: 'c', E'c' (no escape in one character but a
+    // quote, which cannot be an escape character), $$c$$.
+    let inner = if let Some(dollar) = text.strip_prefix('$') {
+        let tag_len = dollar.find('$')? + 2;
+        text.get(tag_len..text.len().checked_sub(tag_len)?)?
+    } else {
+        text.trim_start_matches(['e', 'E'])
+            .strip_prefix('\'')?
+            .strip_suffix('\'')?
+    };
+    let mut chars = inner.chars();
     match (chars.next(), chars.next()) {
         (Some(c), None) => Some(c),
         _ => None,
@@ -447,6 +457,8 @@ mod tests {
             "SELECT u&\"set\\005Fconfig\"('a.b', '1', false)",
             "SELECT U&\"!0073et_config\" UESCAPE '!' ('a.b', '1', false)",
             "SELECT U&\"!+000073et_config\" /* c */ UESCAPE '!'('a.b', '1', false)",
+            "SELECT U&\"!0073et_config\" UESCAPE E'!' ('a.b', '1', false)",
+            "SELECT U&\"!0073et_config\" UESCAPE $$!$$ ('a.b', '1', false)",
             // Not U&: a column ANDed with a call.
             "SELECT u & \"set_config\"('a.b', '1', false)",
         ] {

@@ -1,0 +1,360 @@
+//! DO blocks, read for what they do to the session (transaction
+//! pooling's rules, `tx_policy`): a PL/pgSQL body's statements are judged
+//! like top-level ones, and so is the text a statement EXECUTEs when it is
+//! built from string literals. A session SET inside a block is refused,
+//! not tracked: the block decides at run time whether it runs.
+//!
+//! The body is client input: every level is read in time linear in its
+//! text, and levels (a DO inside an EXECUTEd string inside a DO...) stop at
+//! [`MAX_DEPTH`], refused beyond it.
+
+use super::tx_policy::{Effect, effect_at};
+use crate::router::lexer::{Kind, Statement, Token, lexemes, statements};
+
+/// How many DO blocks and EXECUTEd strings deep pghalo reads.
+const MAX_DEPTH: u8 = 3;
+
+/// Words after which a PL/pgSQL statement starts inside a statement the
+/// lexer sees (it splits at `;` only): `BEGIN SET ...`, `THEN LISTEN ...`.
+const PLPGSQL_STARTERS: [&str; 5] = ["begin", "then", "else", "loop", "declare"];
+
+/// How many statement starts one statement may hold before pghalo stops
+/// reading it (each start is judged in time linear in the statement).
+const MAX_STARTS: usize = 64;
+
+const UNREADABLE: &str = "a body pghalo cannot read";
+
+/// The effect of DO statement `stmt`, found `depth` levels down. A block
+/// in another language than PL/pgSQL is like a function: its body is not
+/// looked into.
+pub(super) fn do_block(stmt: &Statement<'_>, depth: u8) -> Effect {
+    let refuse = |what: &str| Effect::Refuse(format!("{what} inside a DO block"));
+    if depth >= MAX_DEPTH {
+        return refuse("a DO block nested this deep");
+    }
+    let lexed: Vec<(Kind, &str)> = lexemes(stmt.text)
+        .map_while(Result::ok)
+        .filter(|l| l.kind != Kind::Comment)
+        .map(|l| (l.kind, &stmt.text[l.start..l.end]))
+        .collect();
+    // None: not named, or named in a way pghalo does not read (then the
+    // body is read as PL/pgSQL: erring towards seeing more).
+    let mut language: Option<String> = None;
+    let mut body = String::new();
+    let mut readable = true;
+    let mut at = 1; // after DO
+    while let Some(&(kind, text)) = lexed.get(at) {
+        match kind {
+            Kind::Word if text.eq_ignore_ascii_case("language") => {
+                // U&"..." arrives as U, '&' and the quoted part.
+                let unicode = matches!(lexed.get(at + 2), Some((Kind::Punct(b'&'), _)));
+                language = lexed
+                    .get(at + 1)
+                    .filter(|_| !unicode)
+                    .and_then(|&(k, t)| language_name(k, t));
+                at += 2;
+                continue;
+            }
+            // Adjacent literals are one string to the server.
+            Kind::String => match string_content(text) {
+                Some(content) => body.push_str(&content),
+                None => readable = false,
+            },
+            // U&'...' and anything else pghalo would have to guess at.
+            _ => readable = false,
+        }
+        at += 1;
+    }
+    if language.as_deref().is_some_and(|l| l != "plpgsql") {
+        return Effect::Plain;
+    }
+    if !readable {
+        return refuse(UNREADABLE);
+    }
+    match body_effect(&body, depth + 1) {
+        Some(what) => refuse(&what),
+        None => Effect::Plain,
+    }
+}
+
+/// A language name as PostgreSQL reads it, when it is spelt plainly.
+fn language_name(kind: Kind, text: &str) -> Option<String> {
+    match kind {
+        Kind::Word => Some(text.to_ascii_lowercase()),
+        Kind::Quoted => Some(text.get(1..text.len() - 1)?.replace("\"\"", "\"")),
+        Kind::String if text.starts_with('\'') => string_content(text),
+        _ => None,
+    }
+}
+
+/// What in PL/pgSQL text `body` would change the session, if anything.
+fn body_effect(body: &str, depth: u8) -> Option<String> {
+    let Ok(list) = statements(body) else {
+        return Some(UNREADABLE.to_string());
+    };
+    for inner in &list {
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(
+                inner
+                    .tokens
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| {
+                        matches!(t, Token::Word(w) if PLPGSQL_STARTERS.contains(&w.as_str()))
+                    })
+                    .map(|(i, _)| i + 1),
+            )
+            .take(MAX_STARTS + 1)
+            .collect();
+        if starts.len() > MAX_STARTS {
+            return Some(UNREADABLE.to_string());
+        }
+        for start in starts {
+            let part = Statement {
+                text: inner.text,
+                tokens: inner.tokens.get(start..).unwrap_or_default().to_vec(),
+            };
+            match effect_at(&part, depth) {
+                Effect::Plain | Effect::RollbackToSavepoint => {}
+                Effect::Refuse(what) => return Some(what),
+                Effect::Set { name, .. } => return Some(format!("SET {name}")),
+                Effect::Reset(_) => return Some("RESET".to_string()),
+                Effect::Discard => return Some("DISCARD ALL".to_string()),
+                Effect::DeallocateAll => return Some("DEALLOCATE ALL".to_string()),
+            }
+        }
+        if let Some(what) = executed(inner, depth) {
+            return Some(what);
+        }
+    }
+    None
+}
+
+/// What the text an EXECUTE in `stmt` runs would do, as far as its string
+/// literals show: they are joined (`'LIS' || 'TEN x'`, `'UPDATE ' ||
+/// quote_ident(t) || ' SET a = 1'`) and read as statements. Literals after
+/// USING or INTO are the statement's parameters and targets, not its text.
+fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
+    if !stmt
+        .tokens
+        .iter()
+        .any(|t| matches!(t, Token::Word(w) if w == "execute"))
+    {
+        return None;
+    }
+    let text = stmt.text;
+    let mut joined = String::new();
+    let mut after_execute = false;
+    let mut literals = 0;
+    for lexeme in lexemes(text).map_while(Result::ok) {
+        let piece = &text[lexeme.start..lexeme.end];
+        match lexeme.kind {
+            Kind::Word if piece.eq_ignore_ascii_case("execute") => after_execute = true,
+            Kind::Word
+                if after_execute
+                    && (piece.eq_ignore_ascii_case("using")
+                        || piece.eq_ignore_ascii_case("into")) =>
+            {
+                break;
+            }
+            Kind::String if after_execute => {
+                // U&'...': the escapes would have to be decoded.
+                let unicode = lexeme.start > 0 && text.as_bytes()[lexeme.start - 1] == b'&';
+                match string_content(piece).filter(|_| !unicode) {
+                    Some(content) => joined.push_str(&content),
+                    None => return Some("dynamic SQL pghalo cannot read".to_string()),
+                }
+                literals += 1;
+            }
+            _ => {}
+        }
+    }
+    if literals == 0 {
+        // Built from variables only: like a function's body, not seen.
+        return None;
+    }
+    if depth + 1 >= MAX_DEPTH {
+        return Some("dynamic SQL nested this deep".to_string());
+    }
+    body_effect(&joined, depth + 1)
+}
+
+/// The text a string literal stands for: `'...'` with its doubled quotes,
+/// a dollar-quoted string's, an E'...' string's when its only escapes are
+/// `\'` and `\\`; None for other escapes, which would have to be decoded.
+fn string_content(literal: &str) -> Option<String> {
+    if let Some(inner) = literal.strip_prefix(['e', 'E']) {
+        let inner = inner.strip_prefix('\'')?.strip_suffix('\'')?;
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    escaped @ ('\'' | '\\') => out.push(escaped),
+                    _ => return None,
+                },
+                '\'' => {
+                    // A doubled quote.
+                    chars.next();
+                    out.push('\'');
+                }
+                c => out.push(c),
+            }
+        }
+        return Some(out);
+    }
+    if let Some(inner) = literal.strip_prefix('\'') {
+        return Some(inner.strip_suffix('\'')?.replace("''", "'"));
+    }
+    let tag_end = literal.strip_prefix('$')?.find('$')? + 2;
+    let inner = literal.get(tag_end..literal.len().checked_sub(tag_end)?)?;
+    Some(inner.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tx_policy::effects;
+    use super::*;
+
+    fn one(sql: &str) -> Effect {
+        effects(sql).remove(0)
+    }
+
+    #[test]
+    fn do_blocks_are_read_for_session_state() {
+        for sql in [
+            "DO $$BEGIN SET work_mem = '1MB'; END$$",
+            "do $x$ declare n int; begin perform set_config('a.b', '1', false); end $x$",
+            "DO $$BEGIN IF true THEN LISTEN ch; END IF; END$$",
+            "DO $$BEGIN CREATE TEMP TABLE t (a int); END$$",
+            "DO $$BEGIN PERFORM pg_advisory_lock(1); END$$",
+            "DO $$BEGIN EXECUTE 'SET ROLE x'; END$$",
+            "DO $$BEGIN EXECUTE format('SET %I = %L', 'work_mem', '1MB'); END$$",
+            "DO $$BEGIN EXECUTE 'SET ' || 'work_mem = 1'; END$$",
+            "DO $$BEGIN EXECUTE 'LIS' || 'TEN x'; END$$",
+            "DO $$BEGIN EXECUTE E'SET work_mem = \\'1MB\\''; END$$",
+            "DO 'BEGIN RESET ALL; END'",
+            "DO LANGUAGE plpgsql $$BEGIN DISCARD ALL; END$$",
+            "DO $$BEGIN SELECT 1 INTO TEMP t; END$$",
+            "DO $$BEGIN EXECUTE $q$DO $i$BEGIN SET x.y = 1; END$i$$q$; END$$",
+            "DO $$BEGIN 'unterminated; END$$",
+            // What the server decodes and pghalo would have to.
+            "DO E'BEGIN \\114ISTEN x; END'",
+            "DO U&'BEGIN \\004CISTEN x; END'",
+            "DO $$BEGIN EXECUTE E'\\114ISTEN x'; END$$",
+            "DO $$BEGIN EXECUTE U&'\\004CISTEN x'; END$$",
+            // Adjacent literals are one string.
+            "DO 'BEGIN LIS'\n'TEN x; END'",
+            // A language spelt in a way pghalo does not read is PL/pgSQL.
+            "DO LANGUAGE U&\"plpgsql\" $$BEGIN LISTEN x; END$$",
+            "DO $$BEGIN EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1; END$$",
+        ] {
+            assert!(
+                matches!(one(sql), Effect::Refuse(_)),
+                "{sql}: {:?}",
+                one(sql)
+            );
+        }
+        for sql in [
+            "DO $$BEGIN INSERT INTO t VALUES (1); END$$",
+            "DO $$DECLARE r record; BEGIN FOR r IN SELECT 1 LOOP RAISE NOTICE 'set %', r; END LOOP; END$$",
+            "DO $$BEGIN SET LOCAL work_mem = '1MB'; UPDATE t SET a = 1; END$$",
+            "DO $$BEGIN EXECUTE 'UPDATE t SET a = 1'; END$$",
+            "DO $$BEGIN EXECUTE 'SELECT ' || 'a FROM t'; END$$",
+            // Migrations: fragments of a statement are not statements.
+            "DO $$BEGIN EXECUTE 'UPDATE ' || quote_ident('t') || ' SET updated_at = now()'; END$$",
+            "DO $$BEGIN EXECUTE 'ALTER TABLE ' || 't' || ' RESET (fillfactor)'; END$$",
+            "DO $$DECLARE temp int; BEGIN SELECT count(*) INTO temp FROM t; END$$",
+            "DO $$DECLARE temp int; BEGIN INSERT INTO t VALUES (1) RETURNING a INTO temp; END$$",
+            "DO $$BEGIN EXECUTE 'INSERT INTO t VALUES ($1)' USING 'SET x = 1'; END$$",
+            "DO E'BEGIN NULL; END'",
+            "DO E'BEGIN RAISE NOTICE \\'it\\'\\'s\\'; END'",
+            "DO LANGUAGE plperl $$ spi_exec_query('SET x.y = 1') $$",
+            "DO $$ SET x = 1 $$ LANGUAGE plpython3u",
+            "DO LANGUAGE 'plpython3u' $$ SET x = 1 $$",
+        ] {
+            assert_eq!(one(sql), Effect::Plain, "{sql}");
+        }
+    }
+
+    #[test]
+    fn deep_or_wide_bodies_are_read_in_bounded_time_or_refused() {
+        // Each level doubled the work once: '' || $a$ EXECUTE '' || $b$...
+        let mut sql = String::from("SELECT 1");
+        for level in 0..40 {
+            sql = format!("EXECUTE '' || $l{level}$ {sql} $l{level}$");
+        }
+        let started = std::time::Instant::now();
+        let effect = one(&format!("DO $$BEGIN {sql}; END$$"));
+        assert!(matches!(effect, Effect::Refuse(_)), "{effect:?}");
+        // Plain nesting deep enough to overflow a recursive reader's stack.
+        let mut sql = String::from("SELECT 1");
+        for level in 0..6000 {
+            sql = format!("EXECUTE $l{level}$ {sql} $l{level}$");
+        }
+        let effect = one(&format!("DO $$BEGIN {sql}; END$$"));
+        assert!(matches!(effect, Effect::Refuse(_)), "{effect:?}");
+        // Many starts in one statement.
+        let wide = "IF true THEN NULL ".repeat(5000);
+        let effect = one(&format!("DO $$BEGIN {wide}; END$$"));
+        assert!(matches!(effect, Effect::Refuse(_)), "{effect:?}");
+        // Generous for a debug build on a shared machine: the unbounded
+        // reader took seconds on the first case alone.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    /// Client text of any shape: never a panic, whatever it is made of.
+    #[test]
+    fn random_text_built_from_sql_pieces_never_panics() {
+        const PIECES: [&str; 32] = [
+            "DO ",
+            "$$",
+            "$a$",
+            "'",
+            "''",
+            "E'",
+            "\\",
+            "U&",
+            "\"",
+            "UESCAPE ",
+            "!",
+            "BEGIN ",
+            "EXECUTE ",
+            "SET ",
+            "LISTEN ",
+            "; ",
+            "INTO ",
+            "TEMP ",
+            "pg_temp.",
+            "CREATE ",
+            "TABLE ",
+            "(",
+            ")",
+            " || ",
+            "THEN ",
+            "LANGUAGE ",
+            "é",
+            "\\0073",
+            "--",
+            "\n",
+            "/*",
+            "EXPLAIN ",
+        ];
+        for _ in 0..20_000 {
+            let len = rand::random::<usize>() % 24;
+            let text: String = (0..len)
+                .map(|_| PIECES[rand::random::<usize>() % PIECES.len()])
+                .collect();
+            let _ = effects(&text);
+        }
+    }
+
+    #[test]
+    fn string_contents() {
+        assert_eq!(string_content("'it''s'").as_deref(), Some("it's"));
+        assert_eq!(string_content("$q$a$b$q$").as_deref(), Some("a$b"));
+        assert_eq!(string_content("E'a\\'b\\\\c'").as_deref(), Some("a'b\\c"));
+        assert_eq!(string_content("E'a\\nb'"), None);
+        assert_eq!(string_content("$$"), None);
+    }
+}
