@@ -132,18 +132,28 @@ pub(super) struct ClientSettings {
     startup: Vec<(String, String)>,
     /// Session-level SETs the client ran and committed, by parameter.
     sets: BTreeMap<String, String>,
+    /// `fingerprint()`, kept: it is asked at every checkout in transaction
+    /// pooling, and the settings change far less often.
+    fingerprint: u64,
 }
 
 impl ClientSettings {
     pub(super) fn new(startup: Vec<(String, String)>) -> ClientSettings {
-        ClientSettings {
+        let mut settings = ClientSettings {
             startup,
             sets: BTreeMap::new(),
-        }
+            fingerprint: 0,
+        };
+        settings.fingerprint = settings.compute_fingerprint();
+        settings
     }
 
     /// Equal settings give equal fingerprints; none gives 0.
     fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn compute_fingerprint(&self) -> u64 {
         if self.startup.is_empty() && self.sets.is_empty() {
             return 0;
         }
@@ -190,8 +200,9 @@ impl ClientSettings {
             Effect::Plain
             | Effect::Refuse(_)
             | Effect::DeallocateAll
-            | Effect::RollbackToSavepoint => {}
+            | Effect::RollbackToSavepoint => return,
         }
+        self.fingerprint = self.compute_fingerprint();
     }
 }
 
@@ -571,10 +582,12 @@ impl<'a> Relay<'a> {
             conn.applied_settings = wanted;
         }
         // A login default or a startup parameter may have set it.
-        if let Some(why) = conn
-            .params
-            .iter()
-            .find_map(|(name, value)| super::tx_policy::unreadable_setting(name, value))
+        if let Some(why) = ["standard_conforming_strings", "client_encoding"]
+            .into_iter()
+            .find_map(|name| {
+                let value = conn.params.get(name)?;
+                super::tx_policy::unreadable_setting(name, value)
+            })
         {
             if self.transaction_mode() {
                 return Err(ClientError::fatal(
