@@ -726,7 +726,8 @@ async fn failover_commands_run_with_pgpools_placeholders() {
     let test_lab = TestLab::build("failover-command", |_| {});
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
-    let scripts = common::unique_dir("failover-command-scripts");
+    // In the lab's directory: removed with it.
+    let scripts = lab.dir().join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();
     let pgpass = lab.dir().join("pgpass");
     let psql = format!(
@@ -1158,7 +1159,8 @@ async fn a_promotion_that_finishes_late_is_carried_through() {
     let test_lab = TestLab::build("failover-late", |_| {});
     let lab = &test_lab.lab;
     let password = lab.secrets.postgres.clone();
-    let scripts = common::unique_dir("failover-late-scripts");
+    // In the lab's directory: removed with it.
+    let scripts = lab.dir().join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();
     let promote = scripts.join("promote.sh");
     common::write_file(
