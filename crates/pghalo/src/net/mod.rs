@@ -64,6 +64,23 @@ impl Stream {
         !matches!(sock.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Whether the peer closed or sent something, as far as this thread's
+    /// runtime has recorded: one read attempt that must not wait (not even
+    /// for a timer tick); on a socket registered here it makes a system
+    /// call only when there is something to read. Pending is the only
+    /// quiet answer.
+    pub fn said_something(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Outside the task's cooperative budget: once it is spent, tokio
+        // answers Pending without looking at the readiness it recorded.
+        let mut read = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            std::pin::Pin::new(&mut *self).poll_read(cx, &mut buf)
+        }));
+        std::pin::Pin::new(&mut read).poll(&mut cx).is_ready()
+    }
+
     /// Whether [`rehome`](Self::rehome) can move the socket. A TLS stream
     /// cannot be taken apart and put together again; it keeps its
     /// registration and still works from any thread, through a wake-up of
@@ -294,5 +311,30 @@ mod tests {
         // not run, only the kernel knows.
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(other.closed_or_unread(), "a closed peer");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_close_the_runtime_recorded_is_seen_with_the_budget_spent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut stream = Stream::tcp(TcpStream::connect(addr).await.unwrap());
+        let (peer, _) = listener.accept().unwrap();
+        assert!(!stream.said_something(), "an idle, open connection");
+        drop(peer);
+        // Let the driver record the close.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Spend the task's cooperative budget, as a busy relay can.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut spent = false;
+        for _ in 0..1000 {
+            tx.send(()).unwrap();
+            if rx.poll_recv(&mut cx).is_pending() {
+                spent = true;
+                break;
+            }
+        }
+        assert!(spent, "the budget was never spent");
+        assert!(stream.said_something(), "a closed peer");
     }
 }

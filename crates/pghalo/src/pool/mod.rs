@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use pghalo_protocol::SqlState;
 use pghalo_protocol::backend::TransactionStatus;
-use tokio::io::AsyncRead;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendCredentials, BackendError, ServerAddr, ServerConnection};
@@ -364,14 +363,7 @@ fn still_open(conn: &mut ServerConnection) -> bool {
     if !conn.read_buf.is_empty() || (!conn.is_home() && conn.stream().closed_or_unread()) {
         return false;
     }
-    // One read attempt that must not wait (not even for a timer tick):
-    // pending is the only healthy answer.
-    let mut probe = [0u8; 1];
-    let mut buf = tokio::io::ReadBuf::new(&mut probe);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    std::pin::Pin::new(conn.stream())
-        .poll_read(&mut cx, &mut buf)
-        .is_pending()
+    !conn.stream().said_something()
 }
 
 /// A checked-out server connection. Dropping it closes the connection;

@@ -8,7 +8,7 @@
 //! text, and levels (a DO inside an EXECUTEd string inside a DO...) stop at
 //! [`MAX_DEPTH`], refused beyond it.
 
-use super::tx_policy::{Effect, effect_at};
+use super::tx_policy::{Effect, SESSION_WORDS, effect_at};
 use crate::router::lexer::{Kind, Statement, Token, lexemes, statements};
 
 /// How many DO blocks and EXECUTEd strings deep pghalo reads.
@@ -18,8 +18,9 @@ const MAX_DEPTH: u8 = 3;
 /// lexer sees (it splits at `;` only): `BEGIN SET ...`, `THEN LISTEN ...`.
 const PLPGSQL_STARTERS: [&str; 5] = ["begin", "then", "else", "loop", "declare"];
 
-/// How many statement starts one statement may hold before pghalo stops
-/// reading it (each start is judged in time linear in the statement).
+/// How many statement starts that open with a session word one statement
+/// may hold before pghalo stops reading it (each is judged in time linear
+/// in the statement; starts opening with other words cost nothing).
 const MAX_STARTS: usize = 64;
 
 const UNREADABLE: &str = "a body pghalo cannot read";
@@ -42,7 +43,15 @@ pub(super) fn do_block(stmt: &Statement<'_>, depth: u8) -> Effect {
     let mut language: Option<String> = None;
     let mut body = String::new();
     let mut readable = true;
-    let mut at = 1; // after DO
+    // After DO (inside a body, the statement's text may begin with BEGIN,
+    // THEN...).
+    let Some(mut at) = lexed
+        .iter()
+        .position(|&(k, t)| k == Kind::Word && t.eq_ignore_ascii_case("do"))
+        .map(|p| p + 1)
+    else {
+        return refuse(UNREADABLE);
+    };
     while let Some(&(kind, text)) = lexed.get(at) {
         match kind {
             Kind::Word if text.eq_ignore_ascii_case("language") => {
@@ -93,34 +102,29 @@ fn body_effect(body: &str, depth: u8) -> Option<String> {
         return Some(UNREADABLE.to_string());
     };
     for inner in &list {
-        let starts: Vec<usize> = std::iter::once(0)
-            .chain(
-                inner
-                    .tokens
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| {
-                        matches!(t, Token::Word(w) if PLPGSQL_STARTERS.contains(&w.as_str()))
-                    })
-                    .map(|(i, _)| i + 1),
-            )
-            .take(MAX_STARTS + 1)
-            .collect();
-        if starts.len() > MAX_STARTS {
-            return Some(UNREADABLE.to_string());
+        if let Some(what) = session_change(effect_at(inner, depth)) {
+            return Some(what);
         }
-        for start in starts {
+        // Statements that start after BEGIN, THEN... and open with a word
+        // a rule starts with (CASE ... THEN expr ... costs nothing).
+        let starts = inner.tokens.windows(2).enumerate().filter_map(|(i, pair)| {
+            let [Token::Word(starter), Token::Word(first)] = pair else {
+                return None;
+            };
+            (PLPGSQL_STARTERS.contains(&starter.as_str())
+                && (SESSION_WORDS.contains(&first.as_str()) || first == "explain"))
+                .then_some(i + 1)
+        });
+        for (n, start) in starts.enumerate() {
+            if n >= MAX_STARTS {
+                return Some(UNREADABLE.to_string());
+            }
             let part = Statement {
                 text: inner.text,
                 tokens: inner.tokens.get(start..).unwrap_or_default().to_vec(),
             };
-            match effect_at(&part, depth) {
-                Effect::Plain | Effect::RollbackToSavepoint => {}
-                Effect::Refuse(what) => return Some(what),
-                Effect::Set { name, .. } => return Some(format!("SET {name}")),
-                Effect::Reset(_) => return Some("RESET".to_string()),
-                Effect::Discard => return Some("DISCARD ALL".to_string()),
-                Effect::DeallocateAll => return Some("DEALLOCATE ALL".to_string()),
+            if let Some(what) = session_change(effect_at(&part, depth)) {
+                return Some(what);
             }
         }
         if let Some(what) = executed(inner, depth) {
@@ -128,6 +132,20 @@ fn body_effect(body: &str, depth: u8) -> Option<String> {
         }
     }
     None
+}
+
+/// What an effect found in a body means there: anything but Plain is
+/// refused (a SET cannot be tracked where the block decides whether it
+/// runs).
+fn session_change(effect: Effect) -> Option<String> {
+    match effect {
+        Effect::Plain | Effect::RollbackToSavepoint => None,
+        Effect::Refuse(what) => Some(what),
+        Effect::Set { name, .. } => Some(format!("SET {name}")),
+        Effect::Reset(_) => Some("RESET".to_string()),
+        Effect::Discard => Some("DISCARD ALL".to_string()),
+        Effect::DeallocateAll => Some("DEALLOCATE ALL".to_string()),
+    }
 }
 
 /// What the text an EXECUTE in `stmt` runs would do, as far as its string
@@ -143,20 +161,28 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
         return None;
     }
     let text = stmt.text;
+    let lexed: Vec<_> = lexemes(text)
+        .map_while(Result::ok)
+        .filter(|l| l.kind != Kind::Comment)
+        .collect();
+    let word = |i: usize, w: &str| {
+        lexed
+            .get(i)
+            .is_some_and(|l| l.kind == Kind::Word && text[l.start..l.end].eq_ignore_ascii_case(w))
+    };
     let mut joined = String::new();
     let mut after_execute = false;
     let mut literals = 0;
-    for lexeme in lexemes(text).map_while(Result::ok) {
+    for (i, lexeme) in lexed.iter().enumerate() {
         let piece = &text[lexeme.start..lexeme.end];
         match lexeme.kind {
-            Kind::Word if piece.eq_ignore_ascii_case("execute") => after_execute = true,
-            Kind::Word
-                if after_execute
-                    && (piece.eq_ignore_ascii_case("using")
-                        || piece.eq_ignore_ascii_case("into")) =>
-            {
-                break;
+            // Not dynamic SQL: a trigger's EXECUTE FUNCTION, GRANT EXECUTE
+            // ON.
+            Kind::Word if word(i, "execute") => {
+                after_execute =
+                    !(word(i + 1, "function") || word(i + 1, "procedure") || word(i + 1, "on"));
             }
+            Kind::Word if after_execute && (word(i, "using") || word(i, "into")) => break,
             Kind::String if after_execute => {
                 // U&'...': the escapes would have to be decoded.
                 let unicode = lexeme.start > 0 && text.as_bytes()[lexeme.start - 1] == b'&';
@@ -248,6 +274,7 @@ mod tests {
             // A language spelt in a way pghalo does not read is PL/pgSQL.
             "DO LANGUAGE U&\"plpgsql\" $$BEGIN LISTEN x; END$$",
             "DO $$BEGIN EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1; END$$",
+            "DO $$BEGIN DO $i$BEGIN LISTEN x; END$i$; END$$",
         ] {
             assert!(
                 matches!(one(sql), Effect::Refuse(_)),
@@ -272,6 +299,15 @@ mod tests {
             "DO LANGUAGE plperl $$ spi_exec_query('SET x.y = 1') $$",
             "DO $$ SET x = 1 $$ LANGUAGE plpython3u",
             "DO LANGUAGE 'plpython3u' $$ SET x = 1 $$",
+            // An audit trigger made by a migration.
+            "DO $$BEGIN EXECUTE 'CREATE TRIGGER a AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION audit(''full'')'; END$$",
+            "DO $$BEGIN EXECUTE 'GRANT EXECUTE ON FUNCTION f() TO app'; END$$",
+            "DO $$DECLARE temp int; BEGIN EXECUTE 'SELECT 1' INTO temp USING 1; END$$",
+            "DO $$BEGIN DO $i$BEGIN NULL; END$i$; END$$",
+            &format!(
+                "DO $$BEGIN SELECT CASE {} END INTO x; END$$",
+                "WHEN a THEN 1 ".repeat(200)
+            ),
         ] {
             assert_eq!(one(sql), Effect::Plain, "{sql}");
         }
@@ -294,8 +330,12 @@ mod tests {
         }
         let effect = one(&format!("DO $$BEGIN {sql}; END$$"));
         assert!(matches!(effect, Effect::Refuse(_)), "{effect:?}");
-        // Many starts in one statement.
+        // Many starts in one statement: free unless they open with a word
+        // a rule starts with, and then at most MAX_STARTS of them.
         let wide = "IF true THEN NULL ".repeat(5000);
+        let effect = one(&format!("DO $$BEGIN {wide}; END$$"));
+        assert_eq!(effect, Effect::Plain);
+        let wide = "IF true THEN DISCARD PLANS ".repeat(5000);
         let effect = one(&format!("DO $$BEGIN {wide}; END$$"));
         assert!(matches!(effect, Effect::Refuse(_)), "{effect:?}");
         // Generous for a debug build on a shared machine: the unbounded

@@ -24,8 +24,11 @@ pub fn requested_settings(msg: &StartupMessage) -> Result<Vec<(String, String)>,
     Ok(settings)
 }
 
-/// The SET statements that bring a server session to the requested
-/// settings, skipping those the server already reports with that value.
+/// The statements that bring a server session to the requested settings,
+/// skipping those the server already reports with that value. Each value
+/// goes through set_config, as a startup parameter does: `SET search_path
+/// TO 'a,b'` would name one schema "a,b" where the startup packet's
+/// `search_path=a,b` names two.
 pub fn set_statements(
     settings: &[(String, String)],
     current: &std::collections::BTreeMap<String, String>,
@@ -38,11 +41,11 @@ pub fn set_statements(
         {
             continue;
         }
-        sql.push_str("SET ");
-        push_ident(&mut sql, name);
-        sql.push_str(" TO ");
+        sql.push_str("SELECT pg_catalog.set_config(");
+        push_literal(&mut sql, name);
+        sql.push_str(", ");
         push_literal(&mut sql, value);
-        sql.push(';');
+        sql.push_str(", false);");
     }
     sql
 }
@@ -145,7 +148,8 @@ mod tests {
             std::collections::BTreeMap::from([("datestyle".to_string(), "ISO, MDY".to_string())]);
         assert_eq!(
             set_statements(&settings, &current),
-            "SET \"application_name\" TO E'it''s a \\\\ test';SET \"odd\"\"name\" TO E'x';"
+            "SELECT pg_catalog.set_config(E'application_name', E'it''s a \\\\ test', false);\
+             SELECT pg_catalog.set_config(E'odd\"name', E'x', false);"
         );
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
@@ -176,7 +180,7 @@ mod tests {
         ];
         assert_eq!(
             set_statements(&wanted, &current),
-            "SET \"application_name\" TO E'it''s';"
+            "SELECT pg_catalog.set_config(E'application_name', E'it''s', false);"
         );
     }
 }

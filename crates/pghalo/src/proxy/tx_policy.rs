@@ -37,7 +37,7 @@ pub fn effects(sql: &str) -> Vec<Effect> {
 }
 
 /// First words of every statement [`effect`] may find more than Plain in.
-const SESSION_WORDS: [&str; 11] = [
+pub(super) const SESSION_WORDS: [&str; 11] = [
     "set",
     "reset",
     "discard",
@@ -114,6 +114,13 @@ pub(super) fn effect_at(stmt: &Statement<'_>, depth: u8) -> Effect {
         return refuse(what);
     }
     match words.as_slice() {
+        // For the transaction only, but CREATE in it makes temporary
+        // objects that outlive it.
+        ["set", "local", "search_path" | "schema", ..]
+            if temp_schema_creates(&set_values(stmt.text)) =>
+        {
+            refuse("a search_path with pg_temp first")
+        }
         ["set", "local", ..] | ["set", "transaction", ..] | ["set", "constraints", ..] => {
             Effect::Plain
         }
@@ -176,9 +183,18 @@ pub(super) fn effect_at(stmt: &Statement<'_>, depth: u8) -> Effect {
         ["do", ..] => super::do_block::do_block(stmt, depth),
         // EXPLAIN ANALYZE runs its statement.
         ["explain", ..] => {
+            let tokens = stmt
+                .tokens
+                .get(explained(&stmt.tokens)..)
+                .unwrap_or_default();
+            // PostgreSQL does not explain an EXPLAIN: nothing runs (and
+            // pghalo does not recurse on a client's say-so).
+            if matches!(tokens.first(), Some(Token::Word(w)) if w == "explain") {
+                return Effect::Plain;
+            }
             let inner = Statement {
                 text: stmt.text,
-                tokens: stmt.tokens[explained(&stmt.tokens)..].to_vec(),
+                tokens: tokens.to_vec(),
             };
             effect_at(&inner, depth)
         }
@@ -243,7 +259,8 @@ fn temp_creation(stmt: &Statement<'_>) -> Option<&'static str> {
 }
 
 /// Words that end a SELECT's INTO clause: no table is named there.
-const NOT_A_NAME: [&str; 14] = [
+const NOT_A_NAME: [&str; 15] = [
+    "using",
     "from",
     "where",
     "group",
@@ -354,16 +371,27 @@ fn set_values(sql: &str) -> Vec<String> {
         .filter(|l| l.kind != Kind::Comment)
         .map(|l| (l.kind, &sql[l.start..l.end]))
         .skip(1) // SET
-        .skip_while(|(kind, text)| *kind == Kind::Word && text.eq_ignore_ascii_case("session"))
+        .skip_while(|(kind, text)| {
+            *kind == Kind::Word
+                && (text.eq_ignore_ascii_case("session") || text.eq_ignore_ascii_case("local"))
+        })
         .skip(1) // the parameter
         .skip_while(|(kind, text)| {
             *kind == Kind::Punct(b'=') || (*kind == Kind::Word && text.eq_ignore_ascii_case("to"))
         });
     let mut values = Vec::new();
+    let mut skip_next = false;
     for (kind, text) in lexemes {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
         match kind {
             Kind::Word | Kind::Number => values.push(text.to_ascii_lowercase()),
             Kind::Quoted => values.push(text.trim_matches('"').to_string()),
+            // Escapes pghalo would have to decode (E'pg\_temp').
+            Kind::String if text.starts_with(['e', 'E']) && text.contains('\\') => {
+                values.push(UNKNOWN_VALUE.to_string());
+            }
             Kind::String => {
                 let inner = text.trim_start_matches(['e', 'E']).trim_matches('\'');
                 values.extend(
@@ -372,11 +400,22 @@ fn set_values(sql: &str) -> Vec<String> {
                         .map(|v| v.trim().trim_matches('"').to_string()),
                 );
             }
+            // U&"..." or U&'...' (the U just pushed, the quoted part
+            // next): the same.
+            Kind::Punct(b'&') => {
+                values.pop();
+                values.push(UNKNOWN_VALUE.to_string());
+                skip_next = true;
+                continue;
+            }
             _ => {}
         }
     }
     values
 }
+
+/// A value `set_values` cannot spell out; it may be anything.
+const UNKNOWN_VALUE: &str = "\0unknown";
 
 /// Whether CREATE makes temporary objects under a search_path of
 /// `schemas`: PostgreSQL creates in the first listed schema that exists,
@@ -387,7 +426,7 @@ fn temp_schema_creates(schemas: &[String]) -> bool {
     schemas
         .iter()
         .find(|schema| !schema.is_empty() && schema.as_str() != "$user")
-        .is_some_and(|schema| is_temp_schema(schema))
+        .is_some_and(|schema| is_temp_schema(schema) || schema == UNKNOWN_VALUE)
 }
 
 /// Why transaction pooling cannot take a client whose startup parameters
@@ -602,6 +641,9 @@ mod tests {
             "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
             "EXPLAIN (ANALYZE, BUFFERS) CREATE TABLE pg_temp.t AS SELECT 1",
             "explain analyze verbose select 1 into temp t",
+            "SET LOCAL search_path = pg_temp",
+            "SET search_path = U&\"pg\\005Ftemp\", public",
+            "SET search_path = E'pg\\_temp', public",
         ] {
             assert!(matches!(one(sql), Effect::Refuse(_)), "{sql}");
             assert!(!plainly_plain(sql), "{sql}");
@@ -620,6 +662,8 @@ mod tests {
             "SELECT a INTO temp, b FROM t",
             "EXPLAIN SELECT 1",
             "EXPLAIN (FORMAT JSON) SELECT * FROM t",
+            "SET LOCAL search_path = public, pg_temp",
+            "SET LOCAL work_mem = '1MB'",
         ] {
             assert_eq!(one(sql), Effect::Plain, "{sql}");
         }
@@ -638,6 +682,17 @@ mod tests {
         assert!(startup_refusal(&startup("public, pg_temp")).is_none());
         assert!(startup_refusal(&startup("app, public")).is_none());
         assert!(startup_refusal(&[("work_mem".into(), "pg_temp".into())]).is_none());
+    }
+
+    #[test]
+    fn explain_chains_are_read_in_bounded_time() {
+        let sql = format!("{}SELECT 1 INTO TEMP t", "EXPLAIN ".repeat(100_000));
+        let started = std::time::Instant::now();
+        // Refused for its INTO TEMP, seen in one pass over the text.
+        assert!(matches!(one(&sql), Effect::Refuse(_)));
+        let sql = format!("{}LISTEN x", "EXPLAIN ".repeat(100_000));
+        assert_eq!(one(&sql), Effect::Plain);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
