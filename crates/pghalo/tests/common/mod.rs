@@ -237,14 +237,26 @@ pub fn write_file(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).expect("write file");
 }
 
-/// A port nothing listens on right now (the kernel's pick), for in-process
-/// pghalo instances.
+/// A port nothing listens on right now, for in-process pghalo instances.
+/// Not the kernel's pick: that comes from the ephemeral range, where an
+/// outgoing connection of a test running alongside can take it before
+/// pghalo binds it (seen in CI as AddrInUse). These come from below the
+/// labs' range (20000+) and Linux's ephemeral one (32768+), each handed
+/// out once per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BASE: u32 = 10_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = u16::try_from(BASE + offset).expect("ports below 20000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {BASE}..{}", BASE + SPAN);
 }
 
 /// A pghalo configuration in front of `lab`'s nodes, written into a new
