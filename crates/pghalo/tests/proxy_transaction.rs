@@ -360,6 +360,44 @@ async fn text_the_server_reads_differently_is_not_pooled() {
     );
 }
 
+/// A list in a startup parameter (`-c search_path=a,b`) means what it
+/// means to PostgreSQL, on every server connection the client gets.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_startup_list_setting_is_replayed_as_a_list() {
+    let (_daemon, config) = transaction_proxy("tx-startup-list", 1).await;
+    let lab = &shared_lab().lab;
+    let options = " options='-c search_path=public,pg_catalog'";
+    let port = lab.node("node0").unwrap().port;
+    let direct = pg_connect(&format!(
+        "{}{options}",
+        conninfo(port, "postgres", &password())
+    ))
+    .await
+    .unwrap();
+    let expected: String = direct
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let client = pg_connect(&format!(
+        "{}{options}",
+        conninfo(config.port, "postgres", &password())
+    ))
+    .await
+    .unwrap();
+    let other = pg_connect(&conninfo(config.port, "postgres", &password()))
+        .await
+        .unwrap();
+    // The other client's transaction in between: the next one replays.
+    other.batch_execute("SELECT 1").await.unwrap();
+    let got: String = client
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(got, expected);
+}
+
 /// A named portal runs the statement it was bound to, not the one bound
 /// last: its SET is counted when it is executed after another Bind, and
 /// follows its client, not the server connection.

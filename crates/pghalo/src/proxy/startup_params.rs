@@ -25,10 +25,12 @@ pub fn requested_settings(msg: &StartupMessage) -> Result<Vec<(String, String)>,
 }
 
 /// The statements that bring a server session to the requested settings,
-/// skipping those the server already reports with that value. Each value
-/// goes through set_config, as a startup parameter does: `SET search_path
-/// TO 'a,b'` would name one schema "a,b" where the startup packet's
-/// `search_path=a,b` names two.
+/// skipping those the server already reports with that value. A value
+/// with a comma goes through set_config, as a startup parameter does:
+/// `SET search_path TO 'a,b'` would name one schema "a,b" where the
+/// startup packet's `search_path=a,b` names two. Others take SET, which
+/// the server runs without planning a query (replayed at every new
+/// client in session pooling).
 pub fn set_statements(
     settings: &[(String, String)],
     current: &std::collections::BTreeMap<String, String>,
@@ -41,11 +43,19 @@ pub fn set_statements(
         {
             continue;
         }
-        sql.push_str("SELECT pg_catalog.set_config(");
-        push_literal(&mut sql, name);
-        sql.push_str(", ");
-        push_literal(&mut sql, value);
-        sql.push_str(", false);");
+        if value.contains(',') {
+            sql.push_str("SELECT pg_catalog.set_config(");
+            push_literal(&mut sql, name);
+            sql.push_str(", ");
+            push_literal(&mut sql, value);
+            sql.push_str(", false);");
+        } else {
+            sql.push_str("SET ");
+            push_ident(&mut sql, name);
+            sql.push_str(" TO ");
+            push_literal(&mut sql, value);
+            sql.push(';');
+        }
     }
     sql
 }
@@ -148,8 +158,12 @@ mod tests {
             std::collections::BTreeMap::from([("datestyle".to_string(), "ISO, MDY".to_string())]);
         assert_eq!(
             set_statements(&settings, &current),
-            "SELECT pg_catalog.set_config(E'application_name', E'it''s a \\\\ test', false);\
-             SELECT pg_catalog.set_config(E'odd\"name', E'x', false);"
+            "SET \"application_name\" TO E'it''s a \\\\ test';SET \"odd\"\"name\" TO E'x';"
+        );
+        let list = vec![("search_path".to_string(), "a, b".to_string())];
+        assert_eq!(
+            set_statements(&list, &std::collections::BTreeMap::new()),
+            "SELECT pg_catalog.set_config(E'search_path', E'a, b', false);"
         );
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
@@ -180,7 +194,7 @@ mod tests {
         ];
         assert_eq!(
             set_statements(&wanted, &current),
-            "SELECT pg_catalog.set_config(E'application_name', E'it''s', false);"
+            "SET \"application_name\" TO E'it''s';"
         );
     }
 }
