@@ -298,6 +298,67 @@ async fn a_session_pghalo_cannot_read_stays_on_the_primary() {
     daemon.stop();
 }
 
+/// Session state only the primary will keep (SET ROLE pins the session
+/// there) is refused inside a transaction running on a standby: after it,
+/// the session would go on on the primary without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn pinning_state_inside_a_transaction_on_a_standby_is_refused() {
+    let _turn = SERIAL.lock().await;
+    let lab = lab();
+    prepare("balance_pin_in_tx", "").await;
+    let sections = format!(
+        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
+        monitor_section(lab, "")
+    );
+    let config = routing_config(lab, "balance-pin-in-tx", &sections, &[]);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let info = conninfo_db(config.port, "postgres", &password(), "balance_pin_in_tx");
+    let client = pg_connect(&info).await.unwrap();
+    let mut on_standby = false;
+    for _ in 0..100 {
+        client.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let port: i32 = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if node_of_port(&port.to_string()) != 0 {
+            on_standby = true;
+            break;
+        }
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    assert!(on_standby, "no read-only transaction landed on a standby");
+    let err = client
+        .batch_execute("SET ROLE pg_monitor")
+        .await
+        .expect_err("SET ROLE ran in a transaction on a standby");
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err:?}");
+    // The block is aborted, as a failed statement aborts it.
+    let aborted = client.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(
+        aborted.code().map(|c| c.code()),
+        Some("25P02"),
+        "{aborted:?}"
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // Outside a transaction it runs, on the primary, and stays there.
+    client.batch_execute("SET ROLE pg_monitor").await.unwrap();
+    for _ in 0..10 {
+        let row = client
+            .query_one("SELECT current_user::text, inet_server_port()", &[])
+            .await
+            .unwrap();
+        let (user, port): (String, i32) = (row.get(0), row.get(1));
+        assert_eq!(
+            (user.as_str(), node_of_port(&port.to_string())),
+            ("pg_monitor", 0)
+        );
+    }
+    daemon.stop();
+}
+
 /// With both function lists empty, pg_proc decides: a user-defined
 /// STABLE function created through pghalo is balanced once pghalo has read
 /// the catalog again (after the DDL), while a VOLATILE one, and the

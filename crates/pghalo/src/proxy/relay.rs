@@ -1496,10 +1496,8 @@ impl<'a> Relay<'a> {
                 } else {
                     Vec::new()
                 };
-                if self.transaction_mode()
-                    && let Some(reason) = refusal(&list)
-                {
-                    self.refuse(&reason, false);
+                if let Some(refused) = self.refused_here(&list) {
+                    self.refuse(refused, false);
                     return Ok(());
                 }
                 self.route.note_effects(&list);
@@ -1662,10 +1660,8 @@ impl<'a> Relay<'a> {
         } else {
             Vec::new()
         };
-        if self.transaction_mode()
-            && let Some(reason) = refusal(&list)
-        {
-            self.refuse(&reason, true);
+        if let Some(refused) = self.refused_here(&list) {
+            self.refuse(refused, true);
             return Ok(());
         }
         self.route.note_effects(&list);
@@ -1831,16 +1827,35 @@ impl<'a> Relay<'a> {
 
     /// Answers a statement pghalo will not run, in the place its reply
     /// would have had.
-    fn refuse(&mut self, reason: &str, extended: bool) {
+    /// Why a statement with effects `list` must not run here, as the
+    /// error's message and detail: transaction pooling refuses session
+    /// state that cannot follow the client; load balancing refuses it
+    /// inside a transaction on a standby, since the session goes on on the
+    /// primary (pinned there) once the transaction ends.
+    fn refused_here(&self, list: &[Effect]) -> Option<(String, &'static str)> {
+        let reason = refusal(list)?;
+        if self.transaction_mode() {
+            return Some((
+                format!("{reason} is not supported in transaction pooling mode"),
+                "the next transaction may run on another server connection, where this session state would not exist",
+            ));
+        }
+        let on_standby = self.key.node != self.proxy.primary_node();
+        (self.balancing && self.tx_status != b'I' && on_standby).then(|| {
+            (
+                format!("{reason} inside a transaction on a standby is not supported with load balancing"),
+                "after this transaction the session goes on on the primary, where this session state would not exist; run it outside a transaction",
+            )
+        })
+    }
+
+    fn refuse(&mut self, (message, detail): (String, &'static str), extended: bool) {
         let mut reply = BytesMut::new();
         ClientError {
             severity: be::Severity::Error,
             code: SqlState::FEATURE_NOT_SUPPORTED,
-            message: format!("{reason} is not supported in transaction pooling mode"),
-            detail: Some(
-                "the next transaction may run on another server connection, where this session state would not exist"
-                    .into(),
-            ),
+            message,
+            detail: Some(detail.into()),
         }
         .write(&mut reply);
         // PostgreSQL fails a statement inside the server: the segment's
