@@ -365,8 +365,17 @@ async fn text_the_server_reads_differently_is_not_pooled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_startup_list_setting_is_replayed_as_a_list() {
     let (_daemon, config) = transaction_proxy("tx-startup-list", 1).await;
+    for options in [
+        " options='-c search_path=public,pg_catalog'",
+        // One element, not folded to lower case by SET's quoting.
+        " options='-c search_path=PUBLIC'",
+    ] {
+        startup_setting_as_direct(&config, options).await;
+    }
+}
+
+async fn startup_setting_as_direct(config: &ProxyConfig, options: &str) {
     let lab = &shared_lab().lab;
-    let options = " options='-c search_path=public,pg_catalog'";
     let port = lab.node("node0").unwrap().port;
     let direct = pg_connect(&format!(
         "{}{options}",
@@ -395,7 +404,7 @@ async fn a_startup_list_setting_is_replayed_as_a_list() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(got, expected);
+    assert_eq!(got, expected, "{options}");
 }
 
 /// A named portal runs the statement it was bound to, not the one bound

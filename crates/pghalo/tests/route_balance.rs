@@ -356,6 +356,30 @@ async fn pinning_state_inside_a_transaction_on_a_standby_is_refused() {
             ("pg_monitor", 0)
         );
     }
+
+    // Pipelined behind a BEGIN READ ONLY that went to a standby, the SET
+    // ROLE was planned for the primary while no transaction was open yet;
+    // it waited for a move that never came. It belongs to the transaction.
+    let client = pg_connect(&info).await.unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        let (begin, set) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(
+                client.batch_execute("BEGIN READ ONLY"),
+                client.batch_execute("SET ROLE pg_monitor")
+            )
+        })
+        .await
+        .expect("a request pipelined behind BEGIN READ ONLY hangs");
+        begin.unwrap();
+        client.batch_execute("ROLLBACK").await.unwrap();
+        if let Err(e) = set {
+            assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "no pipelined BEGIN READ ONLY landed on a standby");
     daemon.stop();
 }
 

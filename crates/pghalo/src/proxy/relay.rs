@@ -933,6 +933,14 @@ impl<'a> Relay<'a> {
                 if self.server.is_none() || self.key.node != node {
                     if self.server.is_none() || (self.in_sync() && self.tx_status == b'I') {
                         self.want_node = Some(node);
+                    } else if self.in_sync() {
+                        // A transaction was opened here in the meantime (a
+                        // BEGIN READ ONLY pipelined ahead of this request):
+                        // the request belongs to it. Planned again, it
+                        // stays.
+                        self.planned = None;
+                        self.blocked = false;
+                        continue;
                     } else {
                         // Replies to earlier requests are still coming
                         // from the current node.
@@ -1825,8 +1833,6 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Answers a statement pghalo will not run, in the place its reply
-    /// would have had.
     /// Why a statement with effects `list` must not run here, as the
     /// error's message and detail: transaction pooling refuses session
     /// state that cannot follow the client; load balancing refuses it
@@ -1840,7 +1846,12 @@ impl<'a> Relay<'a> {
                 "the next transaction may run on another server connection, where this session state would not exist",
             ));
         }
-        let on_standby = self.key.node != self.proxy.primary_node();
+        // As the topology says: during a failover no primary is known, and
+        // the node the session is on may be the one about to be promoted.
+        let on_standby = self.proxy.topology().is_some_and(|s| {
+            s.node(crate::cluster::NodeId(self.key.node))
+                .is_some_and(|n| n.role == crate::cluster::Role::Standby)
+        });
         (self.balancing && self.tx_status != b'I' && on_standby).then(|| {
             (
                 format!("{reason} inside a transaction on a standby is not supported with load balancing"),
@@ -1849,6 +1860,8 @@ impl<'a> Relay<'a> {
         })
     }
 
+    /// Answers a statement pghalo will not run, in the place its reply
+    /// would have had.
     fn refuse(&mut self, (message, detail): (String, &'static str), extended: bool) {
         let mut reply = BytesMut::new();
         ClientError {

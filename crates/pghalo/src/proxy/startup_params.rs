@@ -24,13 +24,23 @@ pub fn requested_settings(msg: &StartupMessage) -> Result<Vec<(String, String)>,
     Ok(settings)
 }
 
+/// Settings whose SET quotes each element as an identifier: `SET
+/// search_path TO 'MySchema'` names "MySchema" where the startup packet's
+/// `search_path=MySchema` names myschema.
+const QUOTED_LISTS: [&str; 4] = [
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "local_preload_libraries",
+];
+
 /// The statements that bring a server session to the requested settings,
-/// skipping those the server already reports with that value. A value
-/// with a comma goes through set_config, as a startup parameter does:
-/// `SET search_path TO 'a,b'` would name one schema "a,b" where the
-/// startup packet's `search_path=a,b` names two. Others take SET, which
-/// the server runs without planning a query (replayed at every new
-/// client in session pooling).
+/// skipping those the server already reports with that value. Where SET
+/// would read the value differently from a startup packet (a list: `SET
+/// search_path TO 'a,b'` names one schema "a,b"; a quoted list setting; a
+/// name SET would cut at 63 bytes), it goes through set_config, as the
+/// startup packet's does. Others take SET, which the server runs without
+/// planning a query (replayed at every new client in session pooling).
 pub fn set_statements(
     settings: &[(String, String)],
     current: &std::collections::BTreeMap<String, String>,
@@ -43,7 +53,10 @@ pub fn set_statements(
         {
             continue;
         }
-        if value.contains(',') {
+        let raw = value.contains(',')
+            || name.len() >= 63
+            || QUOTED_LISTS.iter().any(|l| l.eq_ignore_ascii_case(name));
+        if raw {
             sql.push_str("SELECT pg_catalog.set_config(");
             push_literal(&mut sql, name);
             sql.push_str(", ");

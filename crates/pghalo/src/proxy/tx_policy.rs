@@ -99,8 +99,10 @@ fn effects_by_lexing(sql: &str) -> Vec<Effect> {
 pub(super) fn effect_at(stmt: &Statement<'_>, depth: u8) -> Effect {
     let words = stmt.leading_words(4);
     let refuse = |what: &str| Effect::Refuse(what.to_string());
+    if stmt.calls("set_config") && !set_config_only_locally(&stmt.tokens) {
+        return refuse("set_config() at session level");
+    }
     for function in [
-        "set_config",
         "pg_advisory_lock",
         "pg_advisory_lock_shared",
         "pg_try_advisory_lock",
@@ -256,6 +258,49 @@ fn temp_creation(stmt: &Statement<'_>) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Whether every set_config call in `tokens` says `true` as its third
+/// argument: the setting lasts only for the transaction, like SET LOCAL
+/// (PostgREST sets its role and claims so on every request). Anything but
+/// the plain word (a string, an expression) counts as session level.
+fn set_config_only_locally(tokens: &[Token]) -> bool {
+    let mut at = 0;
+    while let Some(offset) = tokens[at..].windows(2).position(|w| {
+        matches!((&w[0], &w[1]),
+            (Token::Word(f) | Token::Quoted(f), Token::Punct('(')) if f == "set_config")
+    }) {
+        let open = at + offset + 1;
+        let mut depth = 0usize;
+        let mut argument = 0;
+        let mut third: Vec<&Token> = Vec::new();
+        let mut closed = false;
+        for token in &tokens[open..] {
+            match token {
+                Token::Punct('(') => depth += 1,
+                Token::Punct(')') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        closed = true;
+                        break;
+                    }
+                }
+                Token::Punct(',') if depth == 1 => {
+                    argument += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            if argument == 2 && depth >= 1 {
+                third.push(token);
+            }
+        }
+        if !closed || !matches!(third.as_slice(), [Token::Word(w)] if w == "true") {
+            return false;
+        }
+        at = open;
+    }
+    true
 }
 
 /// Words that end a SELECT's INTO clause: no table is named there.
@@ -693,6 +738,28 @@ mod tests {
         let sql = format!("{}LISTEN x", "EXPLAIN ".repeat(100_000));
         assert_eq!(one(&sql), Effect::Plain);
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn set_config_for_the_transaction_only_is_plain() {
+        for sql in [
+            "SELECT set_config('role', 'web_anon', true)",
+            "select set_config('request.jwt.claims', $1, TRUE), set_config('role', $2, true)",
+            "SELECT pg_catalog.set_config('a.b', format('%s', (1)), true)",
+        ] {
+            assert_eq!(one(sql), Effect::Plain, "{sql}");
+        }
+        for sql in [
+            "SELECT set_config('role', 'x', false)",
+            "SELECT set_config('role', 'x', 'true')",
+            "SELECT set_config('a.b', 'x', true), set_config('c.d', 'y', false)",
+            "SELECT set_config('a.b', 'x', true OR false)",
+            "SELECT set_config('a.b', 'x', $1)",
+            "SELECT set_config('a.b', 'x'",
+            "SELECT set_config('a.b', 'x', (true))",
+        ] {
+            assert!(matches!(one(sql), Effect::Refuse(_)), "{sql}");
+        }
     }
 
     #[test]
