@@ -138,6 +138,26 @@ async fn count_reads(client: &Client, sql: &str, count: usize) -> [i64; 3] {
     landed
 }
 
+/// A fresh database `db` and an in-process pghalo balancing every
+/// statement over the lab's nodes (with `weights`), the monitor's topology
+/// known.
+async fn statement_balanced_proxy(
+    db: &str,
+    tag: &str,
+    weights: &[f64],
+) -> (common::ProxyConfig, Daemon) {
+    let lab = lab();
+    prepare(db, "").await;
+    let sections = format!(
+        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
+        monitor_section(lab, "")
+    );
+    let config = routing_config(lab, tag, &sections, weights);
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    (config, daemon)
+}
+
 async fn proxy_client(port: u16, db: &str) -> Client {
     pg_connect(&conninfo_db(port, "postgres", &password(), db))
         .await
@@ -180,16 +200,9 @@ impl Drop for Undo {
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_spread_over_the_nodes_by_weight() {
     let _turn = SERIAL.lock().await;
-    let lab = lab();
-    prepare("balance_weights", "").await;
-    let sections = format!(
-        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
-        monitor_section(lab, "")
-    );
     let weights = [1.0, 2.0, 1.0];
-    let config = routing_config(lab, "balance-weights", &sections, &weights);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) =
+        statement_balanced_proxy("balance_weights", "balance-weights", &weights).await;
 
     let pattern = "SELECT inet_server_port() -- weights%";
     let before = calls("balance_weights", pattern).await;
@@ -229,14 +242,8 @@ async fn reads_spread_over_the_nodes_by_weight() {
 async fn a_session_pghalo_cannot_read_stays_on_the_primary() {
     let _turn = SERIAL.lock().await;
     let lab = lab();
-    prepare("balance_unreadable", "").await;
-    let sections = format!(
-        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
-        monitor_section(lab, "")
-    );
-    let config = routing_config(lab, "balance-unreadable", &sections, &[]);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) =
+        statement_balanced_proxy("balance_unreadable", "balance-unreadable", &[]).await;
     let info = conninfo_db(config.port, "postgres", &password(), "balance_unreadable");
     let read = "SELECT inet_server_port()";
 
@@ -304,15 +311,8 @@ async fn a_session_pghalo_cannot_read_stays_on_the_primary() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pinning_state_inside_a_transaction_on_a_standby_is_refused() {
     let _turn = SERIAL.lock().await;
-    let lab = lab();
-    prepare("balance_pin_in_tx", "").await;
-    let sections = format!(
-        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
-        monitor_section(lab, "")
-    );
-    let config = routing_config(lab, "balance-pin-in-tx", &sections, &[]);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) =
+        statement_balanced_proxy("balance_pin_in_tx", "balance-pin-in-tx", &[]).await;
     let info = conninfo_db(config.port, "postgres", &password(), "balance_pin_in_tx");
     let client = pg_connect(&info).await.unwrap();
     let mut on_standby = false;
@@ -391,14 +391,8 @@ async fn pinning_state_inside_a_transaction_on_a_standby_is_refused() {
 async fn user_functions_are_judged_by_pg_proc() {
     let _turn = SERIAL.lock().await;
     let lab = lab();
-    prepare("balance_functions", "").await;
-    let sections = format!(
-        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
-        monitor_section(lab, "")
-    );
-    let config = routing_config(lab, "balance-functions", &sections, &[]);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) =
+        statement_balanced_proxy("balance_functions", "balance-functions", &[]).await;
     let client = proxy_client(config.port, "balance_functions").await;
     client
         .batch_execute(
@@ -719,15 +713,8 @@ fn number(text: &str) -> f64 {
 async fn show_pool_nodes_lists_every_node() {
     let _turn = SERIAL.lock().await;
     let lab = lab();
-    prepare("balance_show", "").await;
-    let sections = format!(
-        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
-        monitor_section(lab, "")
-    );
     let weights = [1.0, 2.0, 1.0];
-    let config = routing_config(lab, "balance-show", &sections, &weights);
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) = statement_balanced_proxy("balance_show", "balance-show", &weights).await;
     let pgpass = pgpass_for(&config.dir, config.port, "postgres", &password());
 
     let rows = show_pool_nodes_psql(&pgpass, config.port);
