@@ -9,7 +9,7 @@
 //! [`MAX_DEPTH`], refused beyond it.
 
 use super::tx_policy::{Effect, SESSION_WORDS, effect_at};
-use crate::router::lexer::{Kind, Statement, Token, lexemes, statements};
+use crate::router::lexer::{Kind, Statement, Token, lexemes, statements, string_content};
 
 /// How many DO blocks and EXECUTEd strings deep pghalo reads.
 const MAX_DEPTH: u8 = 3;
@@ -205,38 +205,6 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
     body_effect(&joined, depth + 1)
 }
 
-/// The text a string literal stands for: `'...'` with its doubled quotes,
-/// a dollar-quoted string's, an E'...' string's when its only escapes are
-/// `\'` and `\\`; None for other escapes, which would have to be decoded.
-fn string_content(literal: &str) -> Option<String> {
-    if let Some(inner) = literal.strip_prefix(['e', 'E']) {
-        let inner = inner.strip_prefix('\'')?.strip_suffix('\'')?;
-        let mut out = String::with_capacity(inner.len());
-        let mut chars = inner.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next()? {
-                    escaped @ ('\'' | '\\') => out.push(escaped),
-                    _ => return None,
-                },
-                '\'' => {
-                    // A doubled quote.
-                    chars.next();
-                    out.push('\'');
-                }
-                c => out.push(c),
-            }
-        }
-        return Some(out);
-    }
-    if let Some(inner) = literal.strip_prefix('\'') {
-        return Some(inner.strip_suffix('\'')?.replace("''", "'"));
-    }
-    let tag_end = literal.strip_prefix('$')?.find('$')? + 2;
-    let inner = literal.get(tag_end..literal.len().checked_sub(tag_end)?)?;
-    Some(inner.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tx_policy::effects;
@@ -387,14 +355,5 @@ mod tests {
                 .collect();
             let _ = effects(&text);
         }
-    }
-
-    #[test]
-    fn string_contents() {
-        assert_eq!(string_content("'it''s'").as_deref(), Some("it's"));
-        assert_eq!(string_content("$q$a$b$q$").as_deref(), Some("a$b"));
-        assert_eq!(string_content("E'a\\'b\\\\c'").as_deref(), Some("a'b\\c"));
-        assert_eq!(string_content("E'a\\nb'"), None);
-        assert_eq!(string_content("$$"), None);
     }
 }

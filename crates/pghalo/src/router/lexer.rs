@@ -271,22 +271,45 @@ fn uescape_after(rest: &str) -> Option<char> {
         return None;
     }
     let literal = next.next()?;
-    let text = &rest[literal.start..literal.end];
-    // Any string constant: 'c', E'c' (no escape in one character but a
-    // quote, which cannot be an escape character), $$c$$.
-    let inner = if let Some(dollar) = text.strip_prefix('$') {
-        let tag_len = dollar.find('$')? + 2;
-        text.get(tag_len..text.len().checked_sub(tag_len)?)?
-    } else {
-        text.trim_start_matches(['e', 'E'])
-            .strip_prefix('\'')?
-            .strip_suffix('\'')?
-    };
+    // Any string constant: 'c', E'c', $$c$$.
+    let inner = string_content(&rest[literal.start..literal.end])?;
     let mut chars = inner.chars();
     match (chars.next(), chars.next()) {
         (Some(c), None) => Some(c),
         _ => None,
     }
+}
+
+/// The text a string literal stands for: `'...'` with its doubled quotes,
+/// a dollar-quoted string's, an E'...' string's when its only escapes are
+/// `\'` and `\\`; None for other escapes, which would have to be decoded.
+pub fn string_content(literal: &str) -> Option<String> {
+    if let Some(inner) = literal.strip_prefix(['e', 'E']) {
+        let inner = inner.strip_prefix('\'')?.strip_suffix('\'')?;
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    escaped @ ('\'' | '\\') => out.push(escaped),
+                    _ => return None,
+                },
+                '\'' => {
+                    // A doubled quote.
+                    chars.next();
+                    out.push('\'');
+                }
+                c => out.push(c),
+            }
+        }
+        return Some(out);
+    }
+    if let Some(inner) = literal.strip_prefix('\'') {
+        return Some(inner.strip_suffix('\'')?.replace("''", "'"));
+    }
+    let tag_end = literal.strip_prefix('$')?.find('$')? + 2;
+    let inner = literal.get(tag_end..literal.len().checked_sub(tag_end)?)?;
+    Some(inner.to_string())
 }
 
 /// A U&-quoted identifier's text with its escapes (`\XXXX`,
@@ -483,6 +506,15 @@ mod tests {
         );
         assert_eq!(unescape_unicode("\\D83Dx", '\\'), None);
         assert_eq!(unescape_unicode("\\12", '\\'), None);
+    }
+
+    #[test]
+    fn string_contents() {
+        assert_eq!(string_content("'it''s'").as_deref(), Some("it's"));
+        assert_eq!(string_content("$q$a$b$q$").as_deref(), Some("a$b"));
+        assert_eq!(string_content("E'a\\'b\\\\c'").as_deref(), Some("a'b\\c"));
+        assert_eq!(string_content("E'a\\nb'"), None);
+        assert_eq!(string_content("$$"), None);
     }
 
     #[test]
