@@ -673,6 +673,16 @@ async fn a_session_idle_on_a_lost_standby_moves_on() {
     settle_on(&client, node2).await;
     let (ok, reply) = ctl_detach(&config, 2).await;
     assert!(ok, "{reply}");
+    // The first request after the detach is larger than pghalo's first
+    // read of an idle client: it arrives in pieces, and the session waits
+    // for the whole of it before moving on.
+    let padded = format!("{read} /* {} */", "x".repeat(100_000));
+    let port: i32 = tokio::time::timeout(limit, client.query_one(padded.as_str(), &[]))
+        .await
+        .expect("a request arriving in pieces hangs after node2 was detached")
+        .expect("a request arriving in pieces after node2 was detached")
+        .get(0);
+    assert_ne!(port, node2, "a read reached the detached node2");
     for i in 0..20 {
         let port: i32 = tokio::time::timeout(limit, client.query_one(read, &[]))
             .await

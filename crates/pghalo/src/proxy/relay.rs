@@ -303,6 +303,10 @@ pub(super) struct Relay<'a> {
     /// Transaction mode: the server was set to read text differently from
     /// pghalo; the session ends once the server has answered.
     unreadable: Option<String>,
+    /// What the Query at the head of `cin` does to the session, read when
+    /// it was planned (session mode with load balancing), so that
+    /// `client_message` need not read it again.
+    planned_effects: Option<Vec<Effect>>,
     /// Statements the client prepared for pgpool SHOW commands, which
     /// pghalo answers itself.
     show_statements: HashMap<Vec<u8>, show::ShowCommand>,
@@ -329,6 +333,10 @@ enum Plan {
 struct Segment {
     /// Its Sync was seen: nothing else joins it.
     complete: bool,
+    /// The scan stopped before a Sync at something that will not change
+    /// when more arrives: a Flush (the client waits for answers before it
+    /// sends the rest) or a message it could not read.
+    stopped: bool,
     /// Something in it needs the primary.
     primary: bool,
     /// It binds a statement that exists on one node only.
@@ -409,6 +417,7 @@ impl<'a> Relay<'a> {
             ddl_ran: false,
             standby_gone: false,
             unreadable: None,
+            planned_effects: None,
         }
     }
 
@@ -914,10 +923,14 @@ impl<'a> Relay<'a> {
             }
             if self.planned.is_none() && self.request_starts(tag) {
                 if let Some(why) = self.node_retired() {
-                    if !self.standby_retired_while_idle() || self.needs_this_node(tag) {
+                    if !self.standby_retired_while_idle() {
                         return Some(End::NodeRetired(why));
                     }
-                    self.let_standby_go();
+                    match self.needs_this_node(tag) {
+                        Some(true) => return Some(End::NodeRetired(why)),
+                        Some(false) => self.let_standby_go(),
+                        None => return None,
+                    }
                 }
                 match self.answer_show(tag, total) {
                     None => return None,
@@ -1235,14 +1248,24 @@ impl<'a> Relay<'a> {
 
     /// Whether the request at the head of `cin` must run on the session's
     /// node: it binds or describes the unnamed statement an earlier
-    /// segment prepared there, or it is not whole yet (what it will need is
-    /// not known).
-    fn needs_this_node(&self, tag: u8) -> bool {
+    /// segment prepared there. None while that is not known because the
+    /// rest has not arrived: the caller waits for it. A client that sent
+    /// Flush waits for answers instead, and a request larger than the
+    /// buffer would not fit: then it must stay, as if forced.
+    fn needs_this_node(&self, tag: u8) -> Option<bool> {
         if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) {
-            return false;
+            return Some(false);
         }
         let segment = self.scan_segment(&self.proxy.routing());
-        !segment.complete || segment.forced == Some(self.key.node)
+        if segment.forced == Some(self.key.node) {
+            Some(true)
+        } else if segment.complete {
+            Some(false)
+        } else if segment.stopped || self.cin.len() >= HIGH_WATER {
+            Some(true)
+        } else {
+            None
+        }
     }
 
     /// Session mode with load balancing: whether statement text `sql` holds
@@ -1355,8 +1378,14 @@ impl<'a> Relay<'a> {
                 let sql = body.strip_suffix(&[0]).unwrap_or(body);
                 let class = routing.classifier.classify(sql);
                 need = self.route.need(sql, &class, &routing);
-                if need != Need::Primary && self.pins_session(sql) {
-                    need = Need::Primary;
+                if !self.transaction_mode() {
+                    // Session state pghalo cannot replay on other nodes
+                    // pins the session to the primary, this statement too.
+                    let list = effects(&String::from_utf8_lossy(sql));
+                    if list.iter().any(|e| matches!(e, Effect::Refuse(_))) {
+                        need = Need::Primary;
+                    }
+                    self.planned_effects = Some(list);
                 }
                 runs.push(class);
             }
@@ -1430,6 +1459,7 @@ impl<'a> Relay<'a> {
             match tag {
                 fe::PARSE => {
                     let Ok(parse) = fe::Parse::parse(body) else {
+                        segment.stopped = true;
                         return segment;
                     };
                     let sql = parse.query.as_bytes();
@@ -1444,6 +1474,7 @@ impl<'a> Relay<'a> {
                 fe::BIND | fe::DESCRIBE => {
                     let name = if tag == fe::BIND {
                         let Ok(bind) = Bind::parse(body) else {
+                            segment.stopped = true;
                             return segment;
                         };
                         bind.statement.as_bytes()
@@ -1456,7 +1487,10 @@ impl<'a> Relay<'a> {
                                 at += total;
                                 continue;
                             }
-                            Err(_) => return segment,
+                            Err(_) => {
+                                segment.stopped = true;
+                                return segment;
+                            }
                         }
                     };
                     match statement(name, &mut segment) {
@@ -1479,7 +1513,10 @@ impl<'a> Relay<'a> {
                 }
                 // Flush: the client waits for replies before sending the
                 // rest, which may write: not known, so the primary.
-                _ => return segment,
+                _ => {
+                    segment.stopped = true;
+                    return segment;
+                }
             }
             at += total;
         }
@@ -1487,6 +1524,8 @@ impl<'a> Relay<'a> {
     }
 
     fn client_message(&mut self, tag: u8, message: Bytes) -> Result<(), End> {
+        // Planned as the head of `cin`, this is that message.
+        let planned_effects = self.planned_effects.take();
         if self.server_discarding && tag != fe::SYNC {
             // The server ignores everything up to Sync after an error in
             // the extended protocol: nothing of this will be answered.
@@ -1499,10 +1538,10 @@ impl<'a> Relay<'a> {
                 let sql = fe::Query::parse(&body)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?
                     .sql;
-                let list = if self.tracking() {
-                    effects(&sql.to_string_lossy())
-                } else {
-                    Vec::new()
+                let list = match planned_effects {
+                    Some(list) => list,
+                    None if self.tracking() => effects(&sql.to_string_lossy()),
+                    None => Vec::new(),
                 };
                 if let Some(refused) = self.refused_here(&list) {
                     self.refuse(refused, false);
