@@ -10,6 +10,9 @@ Two sections (BENCH_SECTIONS, default both), one lab, all on 127.0.0.1.
   pgbouncer-session  PgBouncer, pool_mode = session
   pgbouncer-txn      PgBouncer, pool_mode = transaction
   pgpool             pgpool-II, streaming-replication mode, one backend
+  bare-relay         a relay that only copies bytes, one server connection
+                     per client (examples/bare_relay.rs): the ceiling any
+                     proxy can reach on this machine
 
 "routing": reads spread over node0 (primary), node1 and node2 (standbys):
   direct                node0 itself (the reference)
@@ -57,7 +60,7 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or REPO / "bench" / "results")
 
 TARGET_ORDER = ["direct", "pghalo-session", "pghalo-txn", "pgbouncer-session",
-                "pgbouncer-txn", "pgpool"]
+                "pgbouncer-txn", "pgpool", "bare-relay"]
 # The routing section: `direct` (node0) and the balancing proxies.
 ROUTING_PROXIES = ["pghalo-balanced", "pghalo-balanced-stmt", "pgpool-balanced"]
 ROUTING_ORDER = ["direct", *ROUTING_PROXIES]
@@ -312,6 +315,15 @@ def setup_pgbouncer(session: Session, lab: Lab, binary: str, name: str, port: in
     user = lab.server_user if os.geteuid() == 0 else None
     chown_tree(d, user or "")
     proc = session.start(name, [binary, str(d / "pgbouncer.ini")], user=user, cwd=d)
+    session.wait_port(proc, port)
+    target.pgids = [proc.pid]
+    return target
+
+
+def start_bare_relay(session: Session, binary: str, port: int, node_port: int) -> Target:
+    target = Target("bare-relay", port, "bytes copied to node0, a server connection per client, "
+                                        "2 single-threaded workers (examples/bare_relay.rs)")
+    proc = session.start("bare-relay", [binary, f"{HOST}:{port}", f"{HOST}:{node_port}", "2"])
     session.wait_port(proc, port)
     target.pgids = [proc.pid]
     return target
@@ -828,11 +840,17 @@ def evaluate(results: dict, settings: list[Setting], targets: dict) -> list[dict
     pairs = [("pghalo-session", "pgbouncer-session", "direct")]
     if "pghalo-txn" in targets and targets["pghalo-txn"].available:
         pairs.append(("pghalo-txn", "pgbouncer-txn", "direct"))
+    # The same goals for the bare relay: whatever it misses, no proxy that
+    # relays the protocol could meet on this machine.
+    if "bare-relay" in targets and targets["bare-relay"].available:
+        pairs.append(("bare-relay", "pgbouncer-session", "direct"))
     for setting in settings:
         for mine, bouncer, direct in pairs:
             if mine not in targets:
                 continue
             if setting.connect:
+                if mine == "bare-relay":
+                    continue  # it does not pool: every connection is a backend's
                 goals = [(bouncer, 1.0)]
             elif setting.clients in (8, 64) and setting.protocol in ("simple", "prepared"):
                 goals = [(bouncer, 1.2), (direct, 0.85)]
@@ -852,6 +870,7 @@ def evaluate(results: dict, settings: list[Setting], targets: dict) -> list[dict
                 runs = paired(setting, mine, other)
                 checks.append({"setting": setting.key, "target": mine, "versus": other,
                                "goal": f">= {factor:g}x", "ratio": r, "verdict": verdict,
+                               "ceiling": mine == "bare-relay",
                                "paired_ratios": runs,
                                # A verdict that one repeat would have turned is noise.
                                "unclear": bool(runs) and min(runs) < factor <= max(runs)})
@@ -875,15 +894,21 @@ def print_report(results: dict, settings: list[Setting], targets: dict, checks: 
         print(s.key.ljust(22) + "".join(fmt_tps(row.get(n, {}).get("tps")).rjust(width)
                                         for n in names))
     print()
-    print("ratios".ljust(22) + "".join(h.rjust(24) for h in
-                                       ("pghalo/direct", "pghalo/pgbouncer", "pghalo-txn/pgb-txn")))
+    columns = ["pghalo/direct", "pghalo/pgbouncer", "pghalo-txn/pgb-txn"]
+    relay = "bare-relay" in names
+    if relay:
+        columns += ["relay/direct", "relay/pgbouncer"]
+    print("ratios".ljust(22) + "".join(h.rjust(20) for h in columns))
     for s in settings:
         row = results.get(s.key, {})
         get = lambda n: row.get(n, {}).get("tps")  # noqa: E731
         vals = [ratio(get("pghalo-session"), get("direct")),
                 ratio(get("pghalo-session"), get("pgbouncer-session")),
                 ratio(get("pghalo-txn"), get("pgbouncer-txn"))]
-        print(s.key.ljust(22) + "".join(fmt_ratio(v).rjust(24) for v in vals))
+        if relay:
+            vals += [ratio(get("bare-relay"), get("direct")),
+                     ratio(get("bare-relay"), get("pgbouncer-session"))]
+        print(s.key.ljust(22) + "".join(fmt_ratio(v).rjust(20) for v in vals))
     cpu_names = [n for n in names if targets[n].pgids]
     if cpu_names:
         print()
@@ -898,15 +923,21 @@ def print_report(results: dict, settings: list[Setting], targets: dict, checks: 
                 p = row.get(n, {}).get("proxy_cpu_pct")
                 pcts.append("-" if p is None else f"{p:.0f}")
             print(s.key.ljust(22) + "".join(cells) + "   (" + " / ".join(pcts) + ")")
-    print()
-    print("targets")
-    for c in checks:
-        r = "-" if c["ratio"] is None else f"{c['ratio']:.2f}x"
-        runs = c.get("paired_ratios") or []
-        spread = f" (repeats {min(runs):.2f}-{max(runs):.2f}x)" if len(runs) > 1 else ""
-        unclear = ", within noise" if c.get("unclear") else ""
-        print(f"  {c['verdict']:<7} {c['target']:<14} vs {c['versus']:<17} {c['setting']:<18} "
-              f"goal {c['goal']:<8} got {r}{spread}{unclear}")
+    for title, ceiling in (("targets", False),
+                           ("the same goals for the bare relay (the ceiling of any proxy here)",
+                            True)):
+        shown = [c for c in checks if c.get("ceiling", False) == ceiling]
+        if not shown:
+            continue
+        print()
+        print(title)
+        for c in shown:
+            r = "-" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+            runs = c.get("paired_ratios") or []
+            spread = f" (repeats {min(runs):.2f}-{max(runs):.2f}x)" if len(runs) > 1 else ""
+            unclear = ", within noise" if c.get("unclear") else ""
+            print(f"  {c['verdict']:<7} {c['target']:<14} vs {c['versus']:<17} {c['setting']:<18} "
+                  f"goal {c['goal']:<8} got {r}{spread}{unclear}")
     failures = [(s.key, n, cell["error"]) for s in settings
                 for n, cell in results.get(s.key, {}).items() if cell.get("error")]
     notes = [(n, t.note) for n, t in targets.items() if t.note]
@@ -1180,7 +1211,7 @@ def run(session: Session, cfg: Settings) -> int:
     port_names = []
     if proxy_section:
         port_names += ["pghalo-session", "pghalo-txn", "pgbouncer-session", "pgbouncer-txn",
-                       "pgpool"]
+                       "pgpool", "bare-relay"]
     if routing_section:
         port_names += ROUTING_PROXIES
     backends = ROUTING_NODES if routing_section else 1
@@ -1295,6 +1326,14 @@ def run(session: Session, cfg: Settings) -> int:
             children = max(64, max(cfg.clients), cfg.connect_clients) + 8
             attempt("pgpool", lambda: setup_pgpool(session, lab, pgpool, ports["pgpool"],
                                                    children))
+        relay = os.environ.get("BARE_RELAY_BIN", "")
+        if "bare-relay" in want and not os.access(relay, os.X_OK):
+            t = Target("bare-relay", ports["bare-relay"], "")
+            t.available, t.note = False, f"no binary at {relay!r} (BARE_RELAY_BIN)"
+            targets["bare-relay"] = t
+        else:
+            attempt("bare-relay", lambda: start_bare_relay(session, relay, ports["bare-relay"],
+                                                           node0))
     if routing_section:
         for name, stmt in (("pghalo-balanced", False), ("pghalo-balanced-stmt", True)):
             attempt(name, lambda n=name, st=stmt: pghalo_balanced_target(n, port_of[n], st))

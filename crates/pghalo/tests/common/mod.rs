@@ -306,7 +306,15 @@ impl ProxyConfig {
 
 impl Drop for ProxyConfig {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A daemon just stopped may still be saving its state file here:
+        // a file made during the removal leaves the directory behind, so
+        // the removal is tried again.
+        for _ in 0..20 {
+            if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
