@@ -244,6 +244,8 @@ async fn session_state_in_disguise_is_refused() {
         "DO $$BEGIN SET work_mem = '7MB'; END$$",
         "DO $$BEGIN IF true THEN PERFORM pg_advisory_lock(42); END IF; END$$",
         "DO $$BEGIN EXECUTE 'LIS' || 'TEN disguised'; END$$",
+        "DO $$BEGIN EXECUTE format('%s', 'LISTEN disguised'); END$$",
+        "DO $$BEGIN EXECUTE format('%I disguised', 'listen'); END$$",
     ] {
         direct.batch_execute("DISCARD ALL").await.unwrap();
         let before: String = direct.query_one(state, &[]).await.unwrap().get(0);
@@ -296,6 +298,7 @@ async fn session_state_in_disguise_is_refused() {
         "DO $$BEGIN PERFORM pg_advisory_xact_lock(42); END$$",
         "CREATE TABLE pg_temp.passing (x int) ON COMMIT DROP",
         "SET search_path = public, pg_temp",
+        "DO $$BEGIN EXECUTE format('SELECT %L', 'reset all'); END$$",
     ] {
         client
             .batch_execute(sql)

@@ -1,8 +1,9 @@
 //! DO blocks, read for what they do to the session (transaction
 //! pooling's rules, `tx_policy`): a PL/pgSQL body's statements are judged
 //! like top-level ones, and so is the text a statement EXECUTEs when it is
-//! built from string literals. A session SET inside a block is refused,
-//! not tracked: the block decides at run time whether it runs.
+//! built from string literals (`format()` evaluated with them). A session
+//! SET inside a block is refused, not tracked: the block decides at run
+//! time whether it runs.
 //!
 //! The body is client input: every level is read in time linear in its
 //! text, and levels (a DO inside an EXECUTEd string inside a DO...) stop at
@@ -22,6 +23,10 @@ const PLPGSQL_STARTERS: [&str; 5] = ["begin", "then", "else", "loop", "declare"]
 /// may hold before pghalo stops reading it (each is judged in time linear
 /// in the statement; starts opening with other words cost nothing).
 const MAX_STARTS: usize = 64;
+
+/// How many `format()` calls one EXECUTE statement may have evaluated;
+/// the literals of any more are joined like others.
+const MAX_FORMATS: usize = 16;
 
 const UNREADABLE: &str = "a body pghalo cannot read";
 
@@ -150,8 +155,10 @@ fn session_change(effect: Effect) -> Option<String> {
 
 /// What the text an EXECUTE in `stmt` runs would do, as far as its string
 /// literals show: they are joined (`'LIS' || 'TEN x'`, `'UPDATE ' ||
-/// quote_ident(t) || ' SET a = 1'`) and read as statements. Literals after
-/// USING or INTO are the statement's parameters and targets, not its text.
+/// quote_ident(t) || ' SET a = 1'`) and read as statements; a `format()`
+/// call is evaluated with its literal arguments (see [`evaluate_format`]).
+/// Literals after USING or INTO are the statement's parameters and
+/// targets, not its text.
 fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
     if !stmt
         .tokens
@@ -173,16 +180,49 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
     let mut joined = String::new();
     let mut after_execute = false;
     let mut literals = 0;
-    for (i, lexeme) in lexed.iter().enumerate() {
+    // Each evaluation reads up to its closing parenthesis: nested calls
+    // cost time quadratic in their count, so few are evaluated.
+    let mut formats = 0;
+    let mut i = 0;
+    while let Some(lexeme) = lexed.get(i) {
         let piece = &text[lexeme.start..lexeme.end];
+        i += 1;
         match lexeme.kind {
             // Not dynamic SQL: a trigger's EXECUTE FUNCTION, GRANT EXECUTE
             // ON.
-            Kind::Word if word(i, "execute") => {
-                after_execute =
-                    !(word(i + 1, "function") || word(i + 1, "procedure") || word(i + 1, "on"));
+            Kind::Word if word(i - 1, "execute") => {
+                after_execute = !(word(i, "function") || word(i, "procedure") || word(i, "on"));
             }
-            Kind::Word if after_execute && (word(i, "using") || word(i, "into")) => break,
+            Kind::Word if after_execute && (word(i - 1, "using") || word(i - 1, "into")) => break,
+            Kind::Word
+                if after_execute
+                    && formats < MAX_FORMATS
+                    && word(i - 1, "format")
+                    && lexed.get(i).is_some_and(|l| l.kind == Kind::Punct(b'(')) =>
+            {
+                formats += 1;
+                match evaluate_format(text, &lexed, i + 1) {
+                    Format::Text(evaluated, after) => {
+                        joined.push_str(&evaluated);
+                        literals += 1;
+                        i = after;
+                    }
+                    // Each literal read as a statement of its own: which
+                    // of them the call puts first is not known.
+                    Format::Unevaluated(parts, after) => {
+                        for part in parts {
+                            joined.push_str(";\n");
+                            joined.push_str(&part);
+                            literals += 1;
+                        }
+                        joined.push_str(";\n");
+                        i = after;
+                    }
+                    Format::Unreadable => return Some(UNREADABLE.to_string()),
+                    // Its literals are joined like any others.
+                    Format::Unclosed => {}
+                }
+            }
             Kind::String if after_execute => {
                 // U&'...': the escapes would have to be decoded.
                 let unicode = lexeme.start > 0 && text.as_bytes()[lexeme.start - 1] == b'&';
@@ -194,6 +234,9 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
             }
             _ => {}
         }
+        if joined.len() > evaluated_limit(text) {
+            return Some(UNREADABLE.to_string());
+        }
     }
     if literals == 0 {
         // Built from variables only: like a function's body, not seen.
@@ -203,6 +246,157 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
         return Some("dynamic SQL nested this deep".to_string());
     }
     body_effect(&joined, depth + 1)
+}
+
+/// What a `format()` call evaluates to, as far as pghalo knows.
+enum Format {
+    /// Its text, and the index of the lexeme after its closing parenthesis.
+    Text(String, usize),
+    /// Not a format string pghalo evaluates (not one literal, a width from
+    /// an argument, a type PostgreSQL rejects, too few arguments): the
+    /// string literals inside the call, each of which may be a statement
+    /// the call puts together, and the index after the call.
+    Unevaluated(Vec<String>, usize),
+    /// Its text would be larger than pghalo reads, or a literal in it is
+    /// one pghalo would have to decode.
+    Unreadable,
+    /// No closing parenthesis in the statement.
+    Unclosed,
+}
+
+/// The most text an EXECUTE may evaluate to before pghalo stops reading it:
+/// `format('%1$s%1$s...', long literal)` would otherwise grow without
+/// bound.
+fn evaluated_limit(text: &str) -> usize {
+    (4 * text.len()).max(64 * 1024)
+}
+
+/// Evaluates `format(` whose arguments start at `lexed[at]` the way
+/// PostgreSQL's format() does (`%s`, `%I`, `%L`, `%%`, positions `%2$s`,
+/// a `-` flag and a width), with each argument that is one string literal
+/// in its place. An argument pghalo does not know (a variable, an
+/// expression) becomes `x` for `%s` and `%I` and NULL for `%L`: unknown
+/// text reads as no statement, as a variable alone does. `%I` is never
+/// quoted for a plain lowercase name (PostgreSQL leaves unreserved keywords
+/// such as `listen` bare), so a keyword it makes is seen.
+fn evaluate_format(text: &str, lexed: &[crate::router::lexer::Lexeme], at: usize) -> Format {
+    // The arguments: Some(value) for one plain string literal, None
+    // otherwise; parentheses inside an argument are skipped whole.
+    let mut args: Vec<Option<String>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut literals: Vec<String> = Vec::new();
+    let mut depth = 0usize;
+    let mut i = at;
+    let after = loop {
+        let Some(lexeme) = lexed.get(i) else {
+            return Format::Unclosed;
+        };
+        i += 1;
+        match lexeme.kind {
+            Kind::String => {
+                // U&'...': the escapes would have to be decoded.
+                let unicode = lexeme.start > 0 && text.as_bytes()[lexeme.start - 1] == b'&';
+                match string_content(&text[lexeme.start..lexeme.end]).filter(|_| !unicode) {
+                    Some(content) => literals.push(content),
+                    None => return Format::Unreadable,
+                }
+            }
+            Kind::Punct(b'(') => depth += 1,
+            Kind::Punct(b')') if depth > 0 => depth -= 1,
+            Kind::Punct(b')' | b',') if depth == 0 => {
+                let value = match current.as_slice() {
+                    // The literal just read.
+                    &[one] if lexed[one].kind == Kind::String => literals.last().cloned(),
+                    _ => None,
+                };
+                args.push(value);
+                current.clear();
+                if lexeme.kind == Kind::Punct(b')') {
+                    break i;
+                }
+                continue;
+            }
+            Kind::Semicolon => return Format::Unclosed,
+            _ => {}
+        }
+        current.push(i - 1);
+    };
+    let unevaluated = |literals| Format::Unevaluated(literals, after);
+    let Some((Some(spec), values)) = args.split_first() else {
+        return unevaluated(literals);
+    };
+    let limit = evaluated_limit(text);
+    let mut out = String::new();
+    let mut next = 0usize;
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'%') {
+            chars.next();
+            out.push('%');
+            continue;
+        }
+        // %[position$][-][width]type
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        if !digits.is_empty() && chars.peek() == Some(&'$') {
+            chars.next();
+            match digits.parse::<usize>() {
+                Ok(position) if position >= 1 => next = position - 1,
+                _ => return unevaluated(literals),
+            }
+            digits.clear();
+        }
+        if digits.is_empty() {
+            if chars.peek() == Some(&'-') {
+                chars.next();
+            }
+            while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                chars.next();
+            }
+        }
+        let Some(value) = values.get(next) else {
+            return unevaluated(literals);
+        };
+        next += 1;
+        match (chars.next(), value) {
+            (Some('s'), Some(v)) => out.push_str(v),
+            (Some('s' | 'I'), None) => out.push('x'),
+            (Some('I'), Some(v)) => {
+                let bare = v.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && v.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if bare {
+                    out.push_str(v);
+                } else {
+                    out.push('"');
+                    out.push_str(&v.replace('"', "\"\""));
+                    out.push('"');
+                }
+            }
+            (Some('L'), Some(v)) => {
+                if v.contains('\\') {
+                    out.push('E');
+                }
+                out.push('\'');
+                out.push_str(&v.replace('\\', "\\\\").replace('\'', "''"));
+                out.push('\'');
+            }
+            (Some('L'), None) => out.push_str("NULL"),
+            // PostgreSQL rejects it: the statement runs nothing.
+            _ => return unevaluated(literals),
+        }
+        if out.len() > limit {
+            return Format::Unreadable;
+        }
+    }
+    Format::Text(out, after)
 }
 
 #[cfg(test)]
@@ -243,6 +437,18 @@ mod tests {
             "DO LANGUAGE U&\"plpgsql\" $$BEGIN LISTEN x; END$$",
             "DO $$BEGIN EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1; END$$",
             "DO $$BEGIN DO $i$BEGIN LISTEN x; END$i$; END$$",
+            // format() evaluated with its literal arguments.
+            "DO $$BEGIN EXECUTE format('%s', 'LISTEN x'); END$$",
+            "DO $$BEGIN EXECUTE format('%s x', 'listen'); END$$",
+            "DO $$BEGIN EXECUTE format('%I x', 'listen'); END$$",
+            "DO $$BEGIN EXECUTE format('%2$s %1$s', 'x', 'LISTEN'); END$$",
+            "DO $$BEGIN EXECUTE format('%-10s x', 'listen'); END$$",
+            "DO $$BEGIN EXECUTE format('%%%s', 'x; LISTEN y'); END$$",
+            "DO $$BEGIN EXECUTE 'LISTEN ' || format('%I', 'x'); END$$",
+            "DO $$BEGIN EXECUTE format('SET %I = %L', name, val); END$$",
+            "DO $$BEGIN EXECUTE pg_catalog.format(E'%2$s', lower('x'), 'LISTEN x'); END$$",
+            // A format pghalo does not evaluate: its literals, joined.
+            "DO $$BEGIN EXECUTE format('%*s', 3, 'SET work_mem = 1'); END$$",
         ] {
             assert!(
                 matches!(one(sql), Effect::Refuse(_)),
@@ -272,6 +478,13 @@ mod tests {
             "DO $$BEGIN EXECUTE 'GRANT EXECUTE ON FUNCTION f() TO app'; END$$",
             "DO $$DECLARE temp int; BEGIN EXECUTE 'SELECT 1' INTO temp USING 1; END$$",
             "DO $$BEGIN DO $i$BEGIN NULL; END$i$; END$$",
+            // An argument of format() is a value, not a statement.
+            "DO $$BEGIN EXECUTE format('INSERT INTO log VALUES (%L)', 'reset done'); END$$",
+            "DO $$BEGIN EXECUTE format('UPDATE %I SET a = %L', t, 'LISTEN x'); END$$",
+            "DO $$BEGIN EXECUTE format('SELECT %L', E'a\\\\'); END$$",
+            "DO $$BEGIN EXECUTE format('UPDATE %I SET a = %s', 'My Table', 1); END$$",
+            // Arguments beyond the format's are not used.
+            "DO $$BEGIN EXECUTE format('SELECT %s', lower('x'), 'LISTEN x'); END$$",
             &format!(
                 "DO $$BEGIN SELECT CASE {} END INTO x; END$$",
                 "WHEN a THEN 1 ".repeat(200)
@@ -306,15 +519,53 @@ mod tests {
         let wide = "IF true THEN DISCARD PLANS ".repeat(5000);
         let effect = one(&format!("DO $$BEGIN {wide}; END$$"));
         assert!(matches!(effect, Effect::Refuse(_)), "{effect:?}");
+        // format() calls nested or repeated: few evaluated, and what they
+        // make is bounded.
+        let nested = format!(
+            "{}'x'{}",
+            "format('%s' || ".repeat(20_000),
+            ")".repeat(20_000)
+        );
+        let effect = one(&format!("DO $$BEGIN EXECUTE {nested}; END$$"));
+        assert_eq!(effect, Effect::Plain);
+        let growing = format!(
+            "DO $$BEGIN EXECUTE format('{}', '{}'); END$$",
+            "%1$s".repeat(20_000),
+            "x".repeat(20_000)
+        );
+        assert!(matches!(one(&growing), Effect::Refuse(_)));
+        let repeated = format!(
+            "DO $$BEGIN EXECUTE 'SELECT 1' {}; END$$",
+            format!("|| format('%1$s%1$s%1$s', '{}') ", "x".repeat(1000)).repeat(1000)
+        );
+        assert_eq!(one(&repeated), Effect::Plain);
         // Generous for a debug build on a shared machine: the unbounded
         // reader took seconds on the first case alone.
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
+    /// format() calls of any shape inside EXECUTE: never a panic.
+    #[test]
+    fn random_format_calls_never_panic() {
+        const PIECES: [&str; 22] = [
+            "'", "''", "'%s'", "'%I'", "'%L'", "'%%'", "'%2$s'", "'%-5s'", "'%*s'", "'%'", "'%1$'",
+            "'%0$s'", "E'\\\\'", "U&'x'", "x", ", ", "(", ")", " || ", "LISTEN ", "format(", "é",
+        ];
+        for _ in 0..COUNT {
+            let len = rand::random::<usize>() % 12;
+            let args: String = (0..len)
+                .map(|_| PIECES[rand::random::<usize>() % PIECES.len()])
+                .collect();
+            let _ = effects(&format!("DO $$BEGIN EXECUTE format({args}); END$$"));
+        }
+    }
+
+    const COUNT: usize = 20_000;
+
     /// Client text of any shape: never a panic, whatever it is made of.
     #[test]
     fn random_text_built_from_sql_pieces_never_panics() {
-        const PIECES: [&str; 32] = [
+        const PIECES: [&str; 39] = [
             "DO ",
             "$$",
             "$a$",
@@ -347,8 +598,15 @@ mod tests {
             "\n",
             "/*",
             "EXPLAIN ",
+            "format(",
+            "%s",
+            "%I",
+            "%L",
+            "%2$",
+            "%-3",
+            ", ",
         ];
-        for _ in 0..20_000 {
+        for _ in 0..COUNT {
             let len = rand::random::<usize>() % 24;
             let text: String = (0..len)
                 .map(|_| PIECES[rand::random::<usize>() % PIECES.len()])
