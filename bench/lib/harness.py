@@ -321,9 +321,13 @@ def setup_pgbouncer(session: Session, lab: Lab, binary: str, name: str, port: in
 
 
 def start_bare_relay(session: Session, binary: str, port: int, node_port: int) -> Target:
-    target = Target("bare-relay", port, "bytes copied to node0, a server connection per client, "
-                                        "2 single-threaded workers (examples/bare_relay.rs)")
-    proc = session.start("bare-relay", [binary, f"{HOST}:{port}", f"{HOST}:{node_port}", "2"])
+    # As many workers as pghalo starts: one per CPU it may use.
+    workers = len(os.sched_getaffinity(0))
+    target = Target("bare-relay", port, f"bytes copied to node0, a server connection per client, "
+                                        f"{workers} single-threaded workers "
+                                        f"(examples/bare_relay.rs)")
+    proc = session.start("bare-relay", [binary, f"{HOST}:{port}", f"{HOST}:{node_port}",
+                                        str(workers)])
     session.wait_port(proc, port)
     target.pgids = [proc.pid]
     return target
@@ -895,7 +899,7 @@ def print_report(results: dict, settings: list[Setting], targets: dict, checks: 
                                         for n in names))
     print()
     columns = ["pghalo/direct", "pghalo/pgbouncer", "pghalo-txn/pgb-txn"]
-    relay = "bare-relay" in names
+    relay = "bare-relay" in names and targets["bare-relay"].available
     if relay:
         columns += ["relay/direct", "relay/pgbouncer"]
     print("ratios".ljust(22) + "".join(h.rjust(20) for h in columns))
@@ -1425,6 +1429,10 @@ def run(session: Session, cfg: Settings) -> int:
                                       results[s.key].get("pgbouncer-session", {}).get("tps")),
             "pghalo-txn/pgbouncer-txn": ratio(results[s.key].get("pghalo-txn", {}).get("tps"),
                                               results[s.key].get("pgbouncer-txn", {}).get("tps")),
+            "bare-relay/direct": ratio(results[s.key].get("bare-relay", {}).get("tps"),
+                                       results[s.key].get("direct", {}).get("tps")),
+            "bare-relay/pgbouncer": ratio(results[s.key].get("bare-relay", {}).get("tps"),
+                                          results[s.key].get("pgbouncer-session", {}).get("tps")),
         } for s in settings},
         "checks": checks,
         "diagnostics": diag,

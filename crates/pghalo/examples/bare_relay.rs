@@ -4,8 +4,10 @@
 //! as `bare-relay` beside pghalo and PgBouncer, so a ratio a proxy cannot
 //! reach shows as one the bare relay does not reach either.
 //!
-//! Shaped like pghalo's own data path so the two compare: one thread
-//! accepts, sessions run on single-threaded workers, TCP_NODELAY both ways.
+//! Shaped like pghalo's own data path so the two compare: sessions run on
+//! single-threaded workers (bench/run starts one per CPU, as pghalo does),
+//! TCP_NODELAY both ways. Unlike pghalo, one thread accepts and hands the
+//! sockets over; that costs only when connecting (`-C`).
 //!
 //! Usage: bare_relay LISTEN_ADDR UPSTREAM_ADDR [WORKERS]
 
@@ -39,8 +41,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = TcpListener::bind(listen).await?;
         for next in (0..senders.len()).cycle() {
-            let (client, _) = listener.accept().await?;
-            senders[next].send(client.into_std()?)?;
+            // A failed accept (out of file descriptors, a reset in the
+            // backlog) costs that client only.
+            let client = match listener.accept().await.and_then(|(c, _)| c.into_std()) {
+                Ok(client) => client,
+                Err(error) => {
+                    eprintln!("bare_relay: accept: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            senders[next].send(client)?;
         }
         Ok(())
     })

@@ -670,13 +670,40 @@ async fn a_session_idle_on_a_lost_standby_moves_on() {
     let read = "SELECT inet_server_port()";
     let limit = Duration::from_secs(10);
 
+    // The first request after the detach is larger than pghalo's first
+    // read of an idle client: it arrives in pieces, and the session waits
+    // for the whole of it before moving on. A simple Query is not even
+    // attached to node2 again meanwhile: its postmaster hangs, so a
+    // connection there would wait.
+    let padded = format!("{read} /* {} */", "x".repeat(100_000));
     settle_on(&client, node2).await;
     let (ok, reply) = ctl_detach(&config, 2).await;
     assert!(ok, "{reply}");
-    // The first request after the detach is larger than pghalo's first
-    // read of an idle client: it arrives in pieces, and the session waits
-    // for the whole of it before moving on.
-    let padded = format!("{read} /* {} */", "x".repeat(100_000));
+    let postmaster = common::stop_process(postmaster_pid(lab, "node2"));
+    let rows = tokio::time::timeout(limit, client.simple_query(&padded))
+        .await
+        .expect("a Query arriving in pieces waits on node2 after its detach")
+        .expect("a Query arriving in pieces after node2 was detached");
+    let port = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no row: {rows:?}"));
+    assert_ne!(port, node2.to_string(), "a read reached the detached node2");
+    drop(postmaster);
+    let (ok, reply) = ctl_attach(&config, 2).await;
+    assert!(ok, "{reply}");
+    let attached = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| s.nodes[2].is_routable())
+        .await;
+    assert!(attached.is_ok(), "{attached:#?}");
+    settle_on(&client, node2).await;
+    let (ok, reply) = ctl_detach(&config, 2).await;
+    assert!(ok, "{reply}");
     let port: i32 = tokio::time::timeout(limit, client.query_one(padded.as_str(), &[]))
         .await
         .expect("a request arriving in pieces hangs after node2 was detached")
@@ -723,6 +750,155 @@ async fn a_session_idle_on_a_lost_standby_moves_on() {
     assert_ne!(port, node2, "a read reached node2 while it was down");
     drop(session_backend);
     drop(postmaster);
+    daemon.stop();
+}
+
+/// A raw protocol client: just enough to send a request in pieces.
+struct RawClient(tokio::net::TcpStream);
+
+impl RawClient {
+    /// Logs in as postgres (the proxy trusts it) and waits for
+    /// ReadyForQuery.
+    async fn login(port: u16) -> RawClient {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for text in ["user", "postgres", "database", "postgres", ""] {
+            body.extend_from_slice(text.as_bytes());
+            body.push(0);
+        }
+        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        let mut client = RawClient(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+        client.send(&packet).await;
+        client.until_ready().await;
+        client
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(bytes).await.unwrap();
+    }
+
+    /// The messages up to ReadyForQuery: (tag, body) each.
+    async fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut messages = Vec::new();
+        loop {
+            let mut header = [0u8; 5];
+            self.0.read_exact(&mut header).await.unwrap_or_else(|e| {
+                panic!("the connection ended after {messages:?}: {e}");
+            });
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            let mut body = vec![0u8; len - 4];
+            self.0.read_exact(&mut body).await.unwrap();
+            let tag = header[0];
+            messages.push((tag, body));
+            if tag == b'Z' {
+                return messages;
+            }
+        }
+    }
+}
+
+/// A Query message for `sql`.
+fn query_message(sql: &str) -> Vec<u8> {
+    let mut message = vec![b'Q'];
+    message.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    message.extend_from_slice(sql.as_bytes());
+    message.push(0);
+    message
+}
+
+/// The first DataRow's text columns in `messages`; panics on an error.
+fn first_row(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
+    if let Some((_, error)) = messages.iter().find(|(tag, _)| *tag == b'E') {
+        panic!("error: {}", String::from_utf8_lossy(error));
+    }
+    let (_, row) = messages
+        .iter()
+        .find(|(tag, _)| *tag == b'D')
+        .unwrap_or_else(|| panic!("no row in {messages:?}"));
+    let columns = u16::from_be_bytes([row[0], row[1]]);
+    let mut at = 2;
+    (0..columns)
+        .map(|_| {
+            let len = i32::from_be_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]) as usize;
+            at += 4;
+            let value = String::from_utf8_lossy(&row[at..at + len]).into_owned();
+            at += len;
+            value
+        })
+        .collect()
+}
+
+/// A session whose next request is still arriving when its idle
+/// standby's connection ends (here its backend is terminated) goes on:
+/// nothing of the request was sent there, so it runs where it is planned
+/// once whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_still_arriving_when_its_standby_connection_ends_moves_on() {
+    trace();
+    let test_lab = TestLab::build("failover-arriving", |_| {});
+    let lab = &test_lab.lab;
+    let sections = format!(
+        "[load_balance]\nstatement_level_load_balance = true\n\n{}\n{}",
+        common::monitor_section(lab, ""),
+        failover_section(lab, "")
+    );
+    let config = routing_config(lab, "failover-arriving", &sections, &[]);
+    // The raw client logs in without a password; pghalo has the server's.
+    common::write_file(
+        &config.dir.join("pool_hba.conf"),
+        "host all all 127.0.0.1/32 trust\n",
+    );
+    common::write_file(
+        &config.dir.join("pool_passwd"),
+        &format!("postgres:TEXT{}\n", lab.secrets.postgres),
+    );
+    let daemon = Daemon::start(&config.path()).await.unwrap();
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let node2 = lab.node("node2").unwrap().port.to_string();
+
+    let mut client = RawClient::login(config.port).await;
+    let mut backend = None;
+    for _ in 0..300 {
+        client
+            .send(&query_message(
+                "SELECT inet_server_port(), pg_backend_pid()",
+            ))
+            .await;
+        let row = first_row(&client.until_ready().await);
+        if row[0] == node2 {
+            backend = Some(row[1].parse::<i32>().unwrap());
+            break;
+        }
+    }
+    let backend = backend.expect("no read landed on node2");
+
+    let request = query_message("SELECT inet_server_port(), pg_backend_pid()");
+    let (head, rest) = request.split_at(10);
+    client.send(head).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let direct = node_client(lab, "node2", "postgres").await;
+    let ended: bool = direct
+        .query_one("SELECT pg_terminate_backend($1)", &[&backend])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended);
+    // The backend's FATAL reaches pghalo before the rest of the request.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.send(rest).await;
+    // Answered, on any node (node2 itself is up): not by the backend that
+    // ended.
+    let row = first_row(&client.until_ready().await);
+    assert!(
+        row[0] != node2 || row[1] != backend.to_string(),
+        "answered by the terminated backend: {row:?}"
+    );
     daemon.stop();
 }
 

@@ -1216,21 +1216,25 @@ impl<'a> Relay<'a> {
     }
 
     /// Whether the server connection is a standby's that the session does
-    /// not need: nothing outstanding, no transaction, no request arriving.
+    /// not need: nothing outstanding, no transaction, and nothing arriving
+    /// that must run there (a request still arriving, not yet sent, may
+    /// run elsewhere: see `needs_this_node`).
     fn standby_may_go(&self) -> bool {
-        self.standby_between_requests() && self.cin.is_empty()
+        self.standby_between_requests()
+            && self
+                .cin
+                .first()
+                .is_none_or(|&tag| self.needs_this_node(tag) != Some(true))
     }
 
     /// Whether the server connection is a standby's that owes the session
     /// nothing and holds no transaction: the next request, not sent yet,
     /// may run elsewhere.
     fn standby_between_requests(&self) -> bool {
-        let primary = self
-            .proxy
-            .topology()
-            .and_then(|s| s.primary)
-            .map_or_else(|| self.proxy.primary_node(), |id| id.index());
-        self.balancing && self.key.node != primary && self.in_sync() && self.tx_status == b'I'
+        self.balancing
+            && self.key.node != self.primary_index()
+            && self.in_sync()
+            && self.tx_status == b'I'
     }
 
     /// Whether the session's server connection is on a standby that was
@@ -1299,6 +1303,28 @@ impl<'a> Relay<'a> {
         self.cancel.set_target(None);
         // Dropped: closed, never pooled.
         self.server = None;
+        // The unnamed statement went with it: a Bind of it is not forced
+        // to a node that no longer has it.
+        if self
+            .unnamed
+            .as_ref()
+            .is_some_and(|(node, _)| *node == self.key.node)
+        {
+            self.unnamed = None;
+        }
+        // A request that has not fully arrived attaches before it is
+        // planned, where the session is: that is now the primary, never
+        // the standby just let go.
+        self.retarget(self.primary_index());
+    }
+
+    /// The primary's index: the published topology's, else the configured
+    /// one.
+    fn primary_index(&self) -> usize {
+        self.proxy
+            .topology()
+            .and_then(|s| s.primary)
+            .map_or_else(|| self.proxy.primary_node(), |id| id.index())
     }
 
     /// The server now reads the session's text in a way pghalo does not
