@@ -928,7 +928,7 @@ def print_report(results: dict, settings: list[Setting], targets: dict, checks: 
                 pcts.append("-" if p is None else f"{p:.0f}")
             print(s.key.ljust(22) + "".join(cells) + "   (" + " / ".join(pcts) + ")")
     for title, ceiling in (("targets", False),
-                           ("the same goals for the bare relay (the ceiling of any proxy here)",
+                           ("the same goals for the bare relay (what relaying alone allows here)",
                             True)):
         shown = [c for c in checks if c.get("ceiling", False) == ceiling]
         if not shown:

@@ -680,7 +680,9 @@ async fn a_session_idle_on_a_lost_standby_moves_on() {
     let (ok, reply) = ctl_detach(&config, 2).await;
     assert!(ok, "{reply}");
     let postmaster = common::stop_process(postmaster_pid(lab, "node2"));
-    let rows = tokio::time::timeout(limit, client.simple_query(&padded))
+    // Shorter than pghalo's connect_timeout (10 s): a connection attempt
+    // to the hung node2 would not give up in time.
+    let rows = tokio::time::timeout(Duration::from_secs(5), client.simple_query(&padded))
         .await
         .expect("a Query arriving in pieces waits on node2 after its detach")
         .expect("a Query arriving in pieces after node2 was detached");
@@ -753,87 +755,6 @@ async fn a_session_idle_on_a_lost_standby_moves_on() {
     daemon.stop();
 }
 
-/// A raw protocol client: just enough to send a request in pieces.
-struct RawClient(tokio::net::TcpStream);
-
-impl RawClient {
-    /// Logs in as postgres (the proxy trusts it) and waits for
-    /// ReadyForQuery.
-    async fn login(port: u16) -> RawClient {
-        let mut body = 196_608u32.to_be_bytes().to_vec();
-        for text in ["user", "postgres", "database", "postgres", ""] {
-            body.extend_from_slice(text.as_bytes());
-            body.push(0);
-        }
-        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        packet.extend_from_slice(&body);
-        let mut client = RawClient(
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap(),
-        );
-        client.send(&packet).await;
-        client.until_ready().await;
-        client
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.0.write_all(bytes).await.unwrap();
-    }
-
-    /// The messages up to ReadyForQuery: (tag, body) each.
-    async fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
-        use tokio::io::AsyncReadExt;
-        let mut messages = Vec::new();
-        loop {
-            let mut header = [0u8; 5];
-            self.0.read_exact(&mut header).await.unwrap_or_else(|e| {
-                panic!("the connection ended after {messages:?}: {e}");
-            });
-            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-            let mut body = vec![0u8; len - 4];
-            self.0.read_exact(&mut body).await.unwrap();
-            let tag = header[0];
-            messages.push((tag, body));
-            if tag == b'Z' {
-                return messages;
-            }
-        }
-    }
-}
-
-/// A Query message for `sql`.
-fn query_message(sql: &str) -> Vec<u8> {
-    let mut message = vec![b'Q'];
-    message.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
-    message.extend_from_slice(sql.as_bytes());
-    message.push(0);
-    message
-}
-
-/// The first DataRow's text columns in `messages`; panics on an error.
-fn first_row(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
-    if let Some((_, error)) = messages.iter().find(|(tag, _)| *tag == b'E') {
-        panic!("error: {}", String::from_utf8_lossy(error));
-    }
-    let (_, row) = messages
-        .iter()
-        .find(|(tag, _)| *tag == b'D')
-        .unwrap_or_else(|| panic!("no row in {messages:?}"));
-    let columns = u16::from_be_bytes([row[0], row[1]]);
-    let mut at = 2;
-    (0..columns)
-        .map(|_| {
-            let len = i32::from_be_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]) as usize;
-            at += 4;
-            let value = String::from_utf8_lossy(&row[at..at + len]).into_owned();
-            at += len;
-            value
-        })
-        .collect()
-}
-
 /// A session whose next request is still arriving when its idle
 /// standby's connection ends (here its backend is terminated) goes on:
 /// nothing of the request was sent there, so it runs where it is planned
@@ -843,34 +764,18 @@ async fn a_request_still_arriving_when_its_standby_connection_ends_moves_on() {
     trace();
     let test_lab = TestLab::build("failover-arriving", |_| {});
     let lab = &test_lab.lab;
-    let sections = format!(
-        "[load_balance]\nstatement_level_load_balance = true\n\n{}\n{}",
-        common::monitor_section(lab, ""),
-        failover_section(lab, "")
-    );
-    let config = routing_config(lab, "failover-arriving", &sections, &[]);
-    // The raw client logs in without a password; pghalo has the server's.
-    common::write_file(
-        &config.dir.join("pool_hba.conf"),
-        "host all all 127.0.0.1/32 trust\n",
-    );
-    common::write_file(
-        &config.dir.join("pool_passwd"),
-        &format!("postgres:TEXT{}\n", lab.secrets.postgres),
-    );
-    let daemon = Daemon::start(&config.path()).await.unwrap();
-    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    let (config, daemon) = common::trusting_balanced_proxy(lab, "failover-arriving").await;
     let node2 = lab.node("node2").unwrap().port.to_string();
 
-    let mut client = RawClient::login(config.port).await;
+    let mut client = common::RawClient::login(config.port).await;
     let mut backend = None;
     for _ in 0..300 {
         client
-            .send(&query_message(
+            .send(&common::query_message(
                 "SELECT inet_server_port(), pg_backend_pid()",
             ))
             .await;
-        let row = first_row(&client.until_ready().await);
+        let row = common::first_row(&client.until_ready().await);
         if row[0] == node2 {
             backend = Some(row[1].parse::<i32>().unwrap());
             break;
@@ -878,7 +783,7 @@ async fn a_request_still_arriving_when_its_standby_connection_ends_moves_on() {
     }
     let backend = backend.expect("no read landed on node2");
 
-    let request = query_message("SELECT inet_server_port(), pg_backend_pid()");
+    let request = common::query_message("SELECT inet_server_port(), pg_backend_pid()");
     let (head, rest) = request.split_at(10);
     client.send(head).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -889,12 +794,31 @@ async fn a_request_still_arriving_when_its_standby_connection_ends_moves_on() {
         .unwrap()
         .get(0);
     assert!(ended);
-    // The backend's FATAL reaches pghalo before the rest of the request.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its FATAL is sent before it exits: once it is gone, pghalo has it.
+    let gone = async {
+        loop {
+            let left: i64 = direct
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                    &[&backend],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the terminated backend is still there after 10 s");
+    tokio::time::sleep(Duration::from_millis(200)).await;
     client.send(rest).await;
     // Answered, on any node (node2 itself is up): not by the backend that
     // ended.
-    let row = first_row(&client.until_ready().await);
+    let row = common::first_row(&client.until_ready().await);
     assert!(
         row[0] != node2 || row[1] != backend.to_string(),
         "answered by the terminated backend: {row:?}"

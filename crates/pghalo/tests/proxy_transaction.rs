@@ -246,6 +246,8 @@ async fn session_state_in_disguise_is_refused() {
         "DO $$BEGIN EXECUTE 'LIS' || 'TEN disguised'; END$$",
         "DO $$BEGIN EXECUTE format('%s', 'LISTEN disguised'); END$$",
         "DO $$BEGIN EXECUTE format('%I disguised', 'listen'); END$$",
+        "DO $$BEGIN EXECUTE format('%-10sdisguised', 'LISTEN'); END$$",
+        "DO $$BEGIN EXECUTE format('LIS' || 'TEN %s', 'disguised'); END$$",
     ] {
         direct.batch_execute("DISCARD ALL").await.unwrap();
         let before: String = direct.query_one(state, &[]).await.unwrap().get(0);
@@ -299,6 +301,7 @@ async fn session_state_in_disguise_is_refused() {
         "CREATE TABLE pg_temp.passing (x int) ON COMMIT DROP",
         "SET search_path = public, pg_temp",
         "DO $$BEGIN EXECUTE format('SELECT %L', 'reset all'); END$$",
+        "DO $$BEGIN EXECUTE format('SELECT %L ' || '::text', 'reset all'); END$$",
     ] {
         client
             .batch_execute(sql)

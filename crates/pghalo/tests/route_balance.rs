@@ -360,9 +360,12 @@ async fn pinning_state_inside_a_transaction_on_a_standby_is_refused() {
     // Pipelined behind a BEGIN READ ONLY that went to a standby, the SET
     // ROLE was planned for the primary while no transaction was open yet;
     // it waited for a move that never came. It belongs to the transaction.
-    let client = pg_connect(&info).await.unwrap();
     let mut refused = false;
     for _ in 0..100 {
+        // A new session each time: where the BEGIN went to the primary,
+        // the SET ROLE ran there, and pghalo (which had not seen the
+        // transaction open yet) keeps that session on the primary.
+        let client = pg_connect(&info).await.unwrap();
         let (begin, set) = tokio::time::timeout(Duration::from_secs(10), async {
             tokio::join!(
                 client.batch_execute("BEGIN READ ONLY"),
@@ -833,5 +836,49 @@ async fn show_pool_nodes_lists_every_node() {
         .zip(again[1].iter().map(String::as_str))
         .collect();
     eprintln!("SHOW POOL_NODES, node1: {map:?}");
+    daemon.stop();
+}
+
+/// Some drivers (pgx's describe-exec mode) prepare the unnamed statement
+/// in one segment (Parse, Describe, Sync) and bind it in the next; a Bind
+/// with large parameters arrives in pieces. It must still go where the
+/// statement was prepared, never to another node (which lacks it, or
+/// worse, has an unnamed statement of its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_bind_of_the_unnamed_statement_follows_it() {
+    let _turn = SERIAL.lock().await;
+    let (config, daemon) = common::trusting_balanced_proxy(lab(), "balance-large-bind").await;
+    let sql = "SELECT inet_server_port(), length($1::text)";
+    let mut prepare = common::frontend_message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    prepare.extend(common::frontend_message(b'D', b"S\0"));
+    prepare.extend(common::frontend_message(b'S', b""));
+    let large = "x".repeat(200_000);
+    let mut bind = b"\0\0\0\0\0\x01".to_vec();
+    bind.extend_from_slice(&(large.len() as i32).to_be_bytes());
+    bind.extend_from_slice(large.as_bytes());
+    bind.extend_from_slice(b"\0\0");
+    let mut execute = common::frontend_message(b'B', &bind);
+    execute.extend(common::frontend_message(b'E', b"\0\0\0\0\0"));
+    execute.extend(common::frontend_message(b'S', b""));
+    let mut landed = [0; 3];
+    for _ in 0..30 {
+        // A new session each time: once a session has read a large
+        // message its reads are large too, and the Bind arrives whole.
+        let mut client = common::RawClient::login(config.port).await;
+        // A read first: balanced, it moves the session; a segment that
+        // runs nothing (Parse, Describe) stays where the session is.
+        client.send(&common::query_message("SELECT 1")).await;
+        client.until_ready().await;
+        client.send(&prepare).await;
+        client.until_ready().await;
+        client.send(&execute).await;
+        let row = common::first_row(&client.until_ready().await);
+        assert_eq!(row[1], "200000", "{row:?}");
+        landed[node_of_port(&row[0])] += 1;
+    }
+    assert!(
+        landed[1] + landed[2] > 0,
+        "no read was balanced: {landed:?}"
+    );
     daemon.stop();
 }

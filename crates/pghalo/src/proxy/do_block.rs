@@ -9,6 +9,8 @@
 //! text, and levels (a DO inside an EXECUTEd string inside a DO...) stop at
 //! [`MAX_DEPTH`], refused beyond it.
 
+use std::collections::HashMap;
+
 use super::tx_policy::{Effect, SESSION_WORDS, effect_at};
 use crate::router::lexer::{Kind, Statement, Token, lexemes, statements, string_content};
 
@@ -24,9 +26,10 @@ const PLPGSQL_STARTERS: [&str; 5] = ["begin", "then", "else", "loop", "declare"]
 /// in the statement; starts opening with other words cost nothing).
 const MAX_STARTS: usize = 64;
 
-/// How many `format()` calls one EXECUTE statement may have evaluated;
-/// the literals of any more are joined like others.
-const MAX_FORMATS: usize = 16;
+/// How many `format()` calls without a closing parenthesis one EXECUTE
+/// statement may hold before pghalo stops reading it (each is read to the
+/// statement's end).
+const MAX_UNCLOSED: usize = 16;
 
 const UNREADABLE: &str = "a body pghalo cannot read";
 
@@ -106,6 +109,8 @@ fn body_effect(body: &str, depth: u8) -> Option<String> {
     let Ok(list) = statements(body) else {
         return Some(UNREADABLE.to_string());
     };
+    // What its EXECUTEd strings may evaluate to, all together.
+    let mut budget = evaluated_limit(body);
     for inner in &list {
         if let Some(what) = session_change(effect_at(inner, depth)) {
             return Some(what);
@@ -132,7 +137,7 @@ fn body_effect(body: &str, depth: u8) -> Option<String> {
                 return Some(what);
             }
         }
-        if let Some(what) = executed(inner, depth) {
+        if let Some(what) = executed(inner, depth, &mut budget) {
             return Some(what);
         }
     }
@@ -159,7 +164,7 @@ fn session_change(effect: Effect) -> Option<String> {
 /// call is evaluated with its literal arguments (see [`evaluate_format`]).
 /// Literals after USING or INTO are the statement's parameters and
 /// targets, not its text.
-fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
+fn executed(stmt: &Statement<'_>, depth: u8, budget: &mut usize) -> Option<String> {
     if !stmt
         .tokens
         .iter()
@@ -180,9 +185,9 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
     let mut joined = String::new();
     let mut after_execute = false;
     let mut literals = 0;
-    // Each evaluation reads up to its closing parenthesis: nested calls
-    // cost time quadratic in their count, so few are evaluated.
-    let mut formats = 0;
+    // A call without its closing parenthesis is read to the end of the
+    // statement, and so is each call nested in it: few are tried.
+    let mut unclosed = 0;
     let mut i = 0;
     while let Some(lexeme) = lexed.get(i) {
         let piece = &text[lexeme.start..lexeme.end];
@@ -196,12 +201,13 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
             Kind::Word if after_execute && (word(i - 1, "using") || word(i - 1, "into")) => break,
             Kind::Word
                 if after_execute
-                    && formats < MAX_FORMATS
                     && word(i - 1, "format")
                     && lexed.get(i).is_some_and(|l| l.kind == Kind::Punct(b'(')) =>
             {
-                formats += 1;
-                match evaluate_format(text, &lexed, i + 1) {
+                if unclosed >= MAX_UNCLOSED {
+                    return Some(UNREADABLE.to_string());
+                }
+                match evaluate_format(text, &lexed, i + 1, budget) {
                     Format::Text(evaluated, after) => {
                         joined.push_str(&evaluated);
                         literals += 1;
@@ -219,8 +225,9 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
                         i = after;
                     }
                     Format::Unreadable => return Some(UNREADABLE.to_string()),
-                    // Its literals are joined like any others.
-                    Format::Unclosed => {}
+                    // Not a statement PostgreSQL runs; its literals are
+                    // joined like any others.
+                    Format::Unclosed => unclosed += 1,
                 }
             }
             Kind::String if after_execute => {
@@ -233,9 +240,6 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
                 literals += 1;
             }
             _ => {}
-        }
-        if joined.len() > evaluated_limit(text) {
-            return Some(UNREADABLE.to_string());
         }
     }
     if literals == 0 {
@@ -252,38 +256,91 @@ fn executed(stmt: &Statement<'_>, depth: u8) -> Option<String> {
 enum Format {
     /// Its text, and the index of the lexeme after its closing parenthesis.
     Text(String, usize),
-    /// Not a format string pghalo evaluates (not one literal, a width from
-    /// an argument, a type PostgreSQL rejects, too few arguments): the
-    /// string literals inside the call, each of which may be a statement
-    /// the call puts together, and the index after the call.
+    /// Not a format string pghalo evaluates (not made of literals, a width
+    /// from an argument that is not a number, a type PostgreSQL rejects,
+    /// too few arguments): the string literals inside the call, each of
+    /// which may be a statement the call puts together, and the index
+    /// after the call.
     Unevaluated(Vec<String>, usize),
-    /// Its text would be larger than pghalo reads, or a literal in it is
-    /// one pghalo would have to decode.
+    /// Its text would be larger than the budget, or a literal in it is one
+    /// pghalo would have to decode.
     Unreadable,
     /// No closing parenthesis in the statement.
     Unclosed,
 }
 
-/// The most text an EXECUTE may evaluate to before pghalo stops reading it:
+/// A `format()` argument, as far as pghalo knows it.
+enum Arg {
+    /// String literals only (joined by `||` or adjacent): its value.
+    Known(String),
+    /// An expression holding literals (`'x'::text`, `lower('X')`, a nested
+    /// call): its literals joined, the nearest guess at its value.
+    Guess(String),
+    /// The word NULL.
+    Null,
+    /// Anything else (a variable, a number): unknown.
+    Unknown,
+}
+
+/// The most text the EXECUTEd strings of one body may evaluate to, all
+/// statements together, before pghalo stops reading it:
 /// `format('%1$s%1$s...', long literal)` would otherwise grow without
 /// bound.
 fn evaluated_limit(text: &str) -> usize {
     (4 * text.len()).max(64 * 1024)
 }
 
+/// What the argument made of `lexemes` is (see [`Arg`]); `contents` holds
+/// each literal's decoded text by lexeme index.
+fn argument(
+    text: &str,
+    lexed: &[crate::router::lexer::Lexeme],
+    lexemes: &[usize],
+    contents: &HashMap<usize, String>,
+) -> Arg {
+    let kinds: Vec<Kind> = lexemes.iter().map(|&i| lexed[i].kind).collect();
+    let strings = || {
+        lexemes
+            .iter()
+            .filter_map(|i| contents.get(i).map(String::as_str))
+            .collect::<String>()
+    };
+    let piece = |n: usize| &text[lexed[lexemes[n]].start..lexed[lexemes[n]].end];
+    match kinds.as_slice() {
+        [Kind::Word] if piece(0).eq_ignore_ascii_case("null") => Arg::Null,
+        [Kind::Number] => Arg::Known(piece(0).to_string()),
+        [Kind::Punct(b'-'), Kind::Number] => Arg::Known(format!("-{}", piece(1))),
+        k if !k.is_empty()
+            && k.iter()
+                .all(|k| matches!(k, Kind::String | Kind::Punct(b'|'))) =>
+        {
+            Arg::Known(strings())
+        }
+        k if k.contains(&Kind::String) => Arg::Guess(strings()),
+        _ => Arg::Unknown,
+    }
+}
+
 /// Evaluates `format(` whose arguments start at `lexed[at]` the way
 /// PostgreSQL's format() does (`%s`, `%I`, `%L`, `%%`, positions `%2$s`,
-/// a `-` flag and a width), with each argument that is one string literal
-/// in its place. An argument pghalo does not know (a variable, an
-/// expression) becomes `x` for `%s` and `%I` and NULL for `%L`: unknown
-/// text reads as no statement, as a variable alone does. `%I` is never
-/// quoted for a plain lowercase name (PostgreSQL leaves unreserved keywords
-/// such as `listen` bare), so a keyword it makes is seen.
-fn evaluate_format(text: &str, lexed: &[crate::router::lexer::Lexeme], at: usize) -> Format {
-    // The arguments: Some(value) for one plain string literal, None
-    // otherwise; parentheses inside an argument are skipped whole.
-    let mut args: Vec<Option<String>> = Vec::new();
+/// `-` flags, a width, also `*` from an argument), with each argument in
+/// its place as far as pghalo knows it (see [`Arg`]): an unknown one
+/// becomes `x` for `%s` and `%I` and NULL for `%L`, so unknown text reads
+/// as no statement, as a variable alone does. A width pads with one space,
+/// enough to separate words. `%I` is never quoted for a plain lowercase
+/// name (PostgreSQL leaves unreserved keywords such as `listen` bare), so a
+/// keyword it makes is seen. What it makes is charged to `budget`.
+fn evaluate_format(
+    text: &str,
+    lexed: &[crate::router::lexer::Lexeme],
+    at: usize,
+    budget: &mut usize,
+) -> Format {
+    let mut args: Vec<Arg> = Vec::new();
+    // The current argument's lexemes, and the decoded content of every
+    // literal in the call.
     let mut current: Vec<usize> = Vec::new();
+    let mut contents: HashMap<usize, String> = HashMap::new();
     let mut literals: Vec<String> = Vec::new();
     let mut depth = 0usize;
     let mut i = at;
@@ -293,23 +350,8 @@ fn evaluate_format(text: &str, lexed: &[crate::router::lexer::Lexeme], at: usize
         };
         i += 1;
         match lexeme.kind {
-            Kind::String => {
-                // U&'...': the escapes would have to be decoded.
-                let unicode = lexeme.start > 0 && text.as_bytes()[lexeme.start - 1] == b'&';
-                match string_content(&text[lexeme.start..lexeme.end]).filter(|_| !unicode) {
-                    Some(content) => literals.push(content),
-                    None => return Format::Unreadable,
-                }
-            }
-            Kind::Punct(b'(') => depth += 1,
-            Kind::Punct(b')') if depth > 0 => depth -= 1,
             Kind::Punct(b')' | b',') if depth == 0 => {
-                let value = match current.as_slice() {
-                    // The literal just read.
-                    &[one] if lexed[one].kind == Kind::String => literals.last().cloned(),
-                    _ => None,
-                };
-                args.push(value);
+                args.push(argument(text, lexed, &current, &contents));
                 current.clear();
                 if lexeme.kind == Kind::Punct(b')') {
                     break i;
@@ -317,85 +359,137 @@ fn evaluate_format(text: &str, lexed: &[crate::router::lexer::Lexeme], at: usize
                 continue;
             }
             Kind::Semicolon => return Format::Unclosed,
+            Kind::String => {
+                // U&'...': the escapes would have to be decoded.
+                let unicode = lexeme.start > 0 && text.as_bytes()[lexeme.start - 1] == b'&';
+                match string_content(&text[lexeme.start..lexeme.end]).filter(|_| !unicode) {
+                    Some(content) => {
+                        literals.push(content.clone());
+                        contents.insert(i - 1, content);
+                    }
+                    None => return Format::Unreadable,
+                }
+            }
+            Kind::Punct(b'(' | b'[') => depth += 1,
+            Kind::Punct(b')' | b']') => depth = depth.saturating_sub(1),
             _ => {}
         }
         current.push(i - 1);
     };
     let unevaluated = |literals| Format::Unevaluated(literals, after);
-    let Some((Some(spec), values)) = args.split_first() else {
+    let Some((Arg::Known(spec), values)) = args.split_first() else {
         return unevaluated(literals);
     };
-    let limit = evaluated_limit(text);
     let mut out = String::new();
     let mut next = 0usize;
     let mut chars = spec.chars().peekable();
+    // `%n$` at `chars`: n - 1, when it is there.
+    let position = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        let mut lookahead = chars.clone();
+        let mut digits = String::new();
+        while let Some(d) = lookahead.next_if(char::is_ascii_digit) {
+            digits.push(d);
+        }
+        if digits.is_empty() || lookahead.next() != Some('$') {
+            return Ok(None);
+        }
+        *chars = lookahead;
+        match digits.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Some(n - 1)),
+            _ => Err(()),
+        }
+    };
     while let Some(c) = chars.next() {
         if c != '%' {
             out.push(c);
             continue;
         }
-        if chars.peek() == Some(&'%') {
-            chars.next();
+        if chars.next_if_eq(&'%').is_some() {
             out.push('%');
             continue;
         }
-        // %[position$][-][width]type
-        let mut digits = String::new();
-        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-            digits.push(*d);
-            chars.next();
+        // %[position$][flags][width]type
+        match position(&mut chars) {
+            Ok(Some(n)) => next = n,
+            Ok(None) => {}
+            Err(()) => return unevaluated(literals),
         }
-        if !digits.is_empty() && chars.peek() == Some(&'$') {
-            chars.next();
-            match digits.parse::<usize>() {
-                Ok(position) if position >= 1 => next = position - 1,
-                _ => return unevaluated(literals),
-            }
-            digits.clear();
+        let mut left = false;
+        while chars.next_if_eq(&'-').is_some() {
+            left = true;
         }
-        if digits.is_empty() {
-            if chars.peek() == Some(&'-') {
-                chars.next();
+        let mut width: Option<usize> = None;
+        if chars.next_if_eq(&'*').is_some() {
+            let index = match position(&mut chars) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    next += 1;
+                    next - 1
+                }
+                Err(()) => return unevaluated(literals),
+            };
+            let Some(Arg::Known(n) | Arg::Guess(n)) = values.get(index) else {
+                return unevaluated(literals);
+            };
+            let Ok(n) = n.trim().parse::<i64>() else {
+                return unevaluated(literals);
+            };
+            left |= n < 0;
+            width = Some(usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX));
+        } else {
+            let mut digits = String::new();
+            while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                digits.push(d);
             }
-            while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-                chars.next();
+            if !digits.is_empty() {
+                width = Some(digits.parse().unwrap_or(usize::MAX));
             }
         }
         let Some(value) = values.get(next) else {
             return unevaluated(literals);
         };
         next += 1;
-        match (chars.next(), value) {
-            (Some('s'), Some(v)) => out.push_str(v),
-            (Some('s' | 'I'), None) => out.push('x'),
-            (Some('I'), Some(v)) => {
+        let made = match (chars.next(), value) {
+            (Some('s'), Arg::Known(v) | Arg::Guess(v)) => v.clone(),
+            (Some('s'), Arg::Null) => String::new(),
+            (Some('s' | 'I'), Arg::Unknown) => "x".to_string(),
+            (Some('I'), Arg::Known(v) | Arg::Guess(v)) => {
                 let bare = v.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
                     && v.chars()
                         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
                 if bare {
-                    out.push_str(v);
+                    v.clone()
                 } else {
-                    out.push('"');
-                    out.push_str(&v.replace('"', "\"\""));
-                    out.push('"');
+                    format!("\"{}\"", v.replace('"', "\"\""))
                 }
             }
-            (Some('L'), Some(v)) => {
+            (Some('L'), Arg::Known(v) | Arg::Guess(v)) => {
+                let quoted = format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"));
                 if v.contains('\\') {
-                    out.push('E');
+                    format!("E{quoted}")
+                } else {
+                    quoted
                 }
-                out.push('\'');
-                out.push_str(&v.replace('\\', "\\\\").replace('\'', "''"));
-                out.push('\'');
             }
-            (Some('L'), None) => out.push_str("NULL"),
-            // PostgreSQL rejects it: the statement runs nothing.
+            (Some('L'), Arg::Null | Arg::Unknown) => "NULL".to_string(),
+            // PostgreSQL rejects it (a NULL identifier, an unknown type):
+            // the statement runs nothing.
             _ => return unevaluated(literals),
+        };
+        // Padding separates words, however wide: one space stands for it.
+        let pad = width.is_some_and(|w| w > made.chars().count());
+        if pad && !left {
+            out.push(' ');
         }
-        if out.len() > limit {
+        out.push_str(&made);
+        if pad && left {
+            out.push(' ');
+        }
+        if out.len() > *budget {
             return Format::Unreadable;
         }
     }
+    *budget -= out.len();
     Format::Text(out, after)
 }
 
@@ -447,8 +541,23 @@ mod tests {
             "DO $$BEGIN EXECUTE 'LISTEN ' || format('%I', 'x'); END$$",
             "DO $$BEGIN EXECUTE format('SET %I = %L', name, val); END$$",
             "DO $$BEGIN EXECUTE pg_catalog.format(E'%2$s', lower('x'), 'LISTEN x'); END$$",
-            // A format pghalo does not evaluate: its literals, joined.
+            // Widths pad: a space separates words.
+            "DO $$BEGIN EXECUTE format('%-7sx', 'LISTEN'); END$$",
+            "DO $$BEGIN EXECUTE format('LISTEN%2s', 'x'); END$$",
+            "DO $$BEGIN EXECUTE format('SELECT 1 -%1s-1; LISTEN x', ''); END$$",
             "DO $$BEGIN EXECUTE format('%*s', 3, 'SET work_mem = 1'); END$$",
+            "DO $$BEGIN EXECUTE format('%*s%s', 0, 'LIS', 'TEN x'); END$$",
+            // Arguments that are not one literal.
+            "DO $$BEGIN EXECUTE format('%s', 'LISTEN x'::text); END$$",
+            "DO $$BEGIN EXECUTE format('%s', lower('LISTEN x')); END$$",
+            "DO $$BEGIN EXECUTE format('%s', format('LISTEN %s', 'x')); END$$",
+            "DO $$BEGIN EXECUTE format('LIS%sTEN x', NULL); END$$",
+            "DO $$BEGIN EXECUTE format('%3$s', ARRAY['a', 'b'], 'c', 'LISTEN x'); END$$",
+            // A format string joined from literals.
+            "DO $$BEGIN EXECUTE format('LIS' || 'TEN %s', 'x'); END$$",
+            "DO $$BEGIN EXECUTE format('') || format('') || format('%s', 'LISTEN x'); END$$",
+            // A format pghalo does not evaluate: each literal a statement.
+            "DO $$BEGIN EXECUTE format(v, 'LISTEN x'); END$$",
         ] {
             assert!(
                 matches!(one(sql), Effect::Refuse(_)),
@@ -483,6 +592,11 @@ mod tests {
             "DO $$BEGIN EXECUTE format('UPDATE %I SET a = %L', t, 'LISTEN x'); END$$",
             "DO $$BEGIN EXECUTE format('SELECT %L', E'a\\\\'); END$$",
             "DO $$BEGIN EXECUTE format('UPDATE %I SET a = %s', 'My Table', 1); END$$",
+            // A format string over several lines, as migrations write it.
+            "DO $$BEGIN EXECUTE format('UPDATE %I ' || 'SET a = %L WHERE id = %s', t, v, id); END$$",
+            "DO $$BEGIN EXECUTE format('UPDATE %I '\n'SET a = %L', t, v); END$$",
+            "DO $$BEGIN EXECUTE format('ALTER TABLE %I ' || 'RESET (fillfactor)', t); END$$",
+            "DO $$BEGIN EXECUTE format('ALTER TABLE %I ADD COLUMN %I text', t, c); END$$",
             // Arguments beyond the format's are not used.
             "DO $$BEGIN EXECUTE format('SELECT %s', lower('x'), 'LISTEN x'); END$$",
             &format!(

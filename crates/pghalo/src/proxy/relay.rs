@@ -333,6 +333,8 @@ enum Plan {
 struct Segment {
     /// Its Sync was seen: nothing else joins it.
     complete: bool,
+    /// How many of its messages have fully arrived.
+    messages: usize,
     /// The scan stopped before a Sync at something that will not change
     /// when more arrives: a Flush (the client waits for answers before it
     /// sends the rest) or a message it could not read.
@@ -814,7 +816,39 @@ impl<'a> Relay<'a> {
 
     /// Whether buffered client input must go to a server.
     fn needs_server(&self) -> bool {
-        self.client_skip > 0 || self.cin.len() >= 5 && !self.skip_until_sync
+        self.client_skip > 0
+            || self.cin.len() >= 5 && !self.skip_until_sync && !self.request_still_arriving()
+    }
+
+    /// With load balancing, whether the request at the head of `cin` is
+    /// planned (its node chosen) only once more of it has arrived: no
+    /// connection is taken for it before.
+    fn request_still_arriving(&self) -> bool {
+        if !self.balancing || self.tx_status != b'I' {
+            return false;
+        }
+        match self.cin.first() {
+            Some(&fe::QUERY) => self.cin.get(1..5).is_some_and(|len| {
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                usize::try_from(len).is_ok_and(|len| self.cin.len() <= len)
+            }),
+            Some(&(fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE)) => {
+                self.segment_still_arriving(&self.scan_segment(&self.proxy.routing()))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an extended-protocol segment is planned only once more of
+    /// it has arrived: which statement a Bind or Describe names may decide
+    /// its node (the unnamed statement lives on one node only). Its first
+    /// message is waited for whole (it is forwarded whole anyway), the
+    /// rest up to the Sync within HIGH_WATER; a Flush or a message pghalo
+    /// cannot read ends the wait (the client may wait for answers).
+    fn segment_still_arriving(&self, segment: &Segment) -> bool {
+        !segment.complete
+            && !segment.stopped
+            && (segment.messages == 0 || self.cin.len() < HIGH_WATER)
     }
 
     /// One readiness poll of everything the relay may do next.
@@ -1303,15 +1337,6 @@ impl<'a> Relay<'a> {
         self.cancel.set_target(None);
         // Dropped: closed, never pooled.
         self.server = None;
-        // The unnamed statement went with it: a Bind of it is not forced
-        // to a node that no longer has it.
-        if self
-            .unnamed
-            .as_ref()
-            .is_some_and(|(node, _)| *node == self.key.node)
-        {
-            self.unnamed = None;
-        }
         // A request that has not fully arrived attaches before it is
         // planned, where the session is: that is now the primary, never
         // the standby just let go.
@@ -1418,6 +1443,9 @@ impl<'a> Relay<'a> {
             fe::FUNCTION_CALL => need = Need::Primary,
             _ => {
                 let segment = self.scan_segment(&routing);
+                if !in_transaction && self.segment_still_arriving(&segment) {
+                    return Plan::Wait;
+                }
                 if !segment.complete || segment.primary {
                     need = Need::Primary;
                 }
@@ -1463,6 +1491,7 @@ impl<'a> Relay<'a> {
         let mut parsed: Vec<(&[u8], &[u8], Arc<Classification>)> = Vec::new();
         let mut at = 0;
         while let Some((tag, body, total)) = whole_message(&self.cin, at) {
+            segment.messages += 1;
             // What a Bind or a Describe of a statement refers to: its text
             // and classification, None when nobody tracked it.
             let statement = |name: &[u8], segment: &mut Segment| {

@@ -643,3 +643,135 @@ pub async fn cut_off_from_wal(lab: &Lab, node: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A raw protocol client: just enough to send a request in pieces.
+pub struct RawClient(tokio::net::TcpStream);
+
+impl RawClient {
+    /// Logs in as postgres (the proxy trusts it) and waits for
+    /// ReadyForQuery.
+    pub async fn login(port: u16) -> RawClient {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for text in ["user", "postgres", "database", "postgres", ""] {
+            body.extend_from_slice(text.as_bytes());
+            body.push(0);
+        }
+        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        let mut client = RawClient(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connecting to pghalo"),
+        );
+        client.send(&packet).await;
+        client.until_ready().await;
+        client
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(bytes).await.expect("writing to pghalo");
+    }
+
+    /// The messages up to ReadyForQuery, (tag, body) each, within 10 s.
+    pub async fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut messages = Vec::new();
+        let read = async {
+            loop {
+                let mut header = [0u8; 5];
+                if let Err(e) = self.0.read_exact(&mut header).await {
+                    panic!("the connection ended after {messages:?}: {e}");
+                }
+                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                let mut body = vec![0u8; (len as usize).saturating_sub(4)];
+                self.0
+                    .read_exact(&mut body)
+                    .await
+                    .expect("reading a message body");
+                let tag = header[0];
+                messages.push((tag, body));
+                if tag == b'Z' {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .is_err()
+        {
+            panic!("no ReadyForQuery within 10 s");
+        }
+        messages
+    }
+}
+
+/// A Query message for `sql`.
+pub fn query_message(sql: &str) -> Vec<u8> {
+    let mut message = vec![b'Q'];
+    message.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    message.extend_from_slice(sql.as_bytes());
+    message.push(0);
+    message
+}
+
+/// The first DataRow's text columns in `messages` (NULL as "NULL");
+/// panics on an error.
+pub fn first_row(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
+    if let Some((_, error)) = messages.iter().find(|(tag, _)| *tag == b'E') {
+        panic!("error: {}", String::from_utf8_lossy(error));
+    }
+    let (_, row) = messages
+        .iter()
+        .find(|(tag, _)| *tag == b'D')
+        .unwrap_or_else(|| panic!("no row in {messages:?}"));
+    let columns = u16::from_be_bytes([row[0], row[1]]);
+    let mut at = 2;
+    (0..columns)
+        .map(|_| {
+            let len = i32::from_be_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
+            at += 4;
+            let Ok(len) = usize::try_from(len) else {
+                return "NULL".to_string();
+            };
+            let value = String::from_utf8_lossy(&row[at..at + len]).into_owned();
+            at += len;
+            value
+        })
+        .collect()
+}
+
+/// A frontend message: `tag`, its length, `body`.
+pub fn frontend_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = vec![tag];
+    message.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    message.extend_from_slice(body);
+    message
+}
+
+/// pghalo in process in front of `lab`, balancing each statement, with
+/// trust for clients on 127.0.0.1 (so a raw client logs in without a
+/// password exchange) and the postgres password in clear for the servers.
+pub async fn trusting_balanced_proxy(
+    lab: &Lab,
+    tag: &str,
+) -> (ProxyConfig, pghalo::daemon::Daemon) {
+    let sections = format!(
+        "[load_balance]\nstatement_level_load_balance = true\n\n{}",
+        monitor_section(lab, "")
+    );
+    let config = routing_config(lab, tag, &sections, &[]);
+    write_file(
+        &config.dir.join("pool_hba.conf"),
+        "host all all 127.0.0.1/32 trust\n",
+    );
+    write_file(
+        &config.dir.join("pool_passwd"),
+        &format!("postgres:TEXT{}\n", lab.secrets.postgres),
+    );
+    let daemon = pghalo::daemon::Daemon::start(&config.path())
+        .await
+        .expect("starting pghalo");
+    wait_for_topology(&daemon, Duration::from_secs(30)).await;
+    (config, daemon)
+}
