@@ -826,6 +826,70 @@ async fn a_request_still_arriving_when_its_standby_connection_ends_moves_on() {
     daemon.stop();
 }
 
+/// The unnamed statement lives on the connection that prepared it. A Bind
+/// of it whose node was detached meanwhile (the session had moved on) ends
+/// the session with 57P01: it must not run on the detached node, and
+/// anywhere else it would bind another statement or none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bind_of_an_unnamed_statement_on_a_detached_standby_ends_the_session() {
+    trace();
+    let test_lab = TestLab::build("failover-unnamed", |_| {});
+    let lab = &test_lab.lab;
+    let (config, daemon) = common::trusting_balanced_proxy(lab, "failover-unnamed").await;
+    let node2 = lab.node("node2").unwrap().port.to_string();
+    let mut client = common::RawClient::login(config.port).await;
+    let mut on_node2 = false;
+    for _ in 0..300 {
+        client
+            .send(&common::query_message("SELECT inet_server_port()"))
+            .await;
+        if common::first_row(&client.until_ready().await)[0] == node2 {
+            on_node2 = true;
+            break;
+        }
+    }
+    assert!(on_node2, "no read landed on node2");
+    // Prepared where the session is (a segment that runs nothing stays).
+    let sql = "SELECT inet_server_port()";
+    let mut prepare = common::frontend_message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    prepare.extend(common::frontend_message(b'D', b"S\0"));
+    prepare.extend(common::frontend_message(b'S', b""));
+    client.send(&prepare).await;
+    client.until_ready().await;
+    // Reads until one moves the session off node2 (its connection parked).
+    let mut moved = false;
+    for _ in 0..300 {
+        client
+            .send(&common::query_message("SELECT inet_server_port()"))
+            .await;
+        if common::first_row(&client.until_ready().await)[0] != node2 {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "every read stayed on node2");
+    let (ok, reply) = ctl_detach(&config, 2).await;
+    assert!(ok, "{reply}");
+    let mut execute = common::frontend_message(b'B', b"\0\0\0\0\0\0\0\0");
+    execute.extend(common::frontend_message(b'E', b"\0\0\0\0\0"));
+    execute.extend(common::frontend_message(b'S', b""));
+    client.send(&execute).await;
+    let mut reply = Vec::new();
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let _ = client.0.read_to_end(&mut reply).await;
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the session neither ended nor answered");
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.first() == Some(&b'E') && text.contains("57P01") && text.contains("unnamed"),
+        "{text:?}"
+    );
+    daemon.stop();
+}
+
 /// pgpool's failover_command and follow_primary_command: placeholders
 /// expanded; a command that fails (exit 3, garbage printed) changes
 /// nothing and is reported, and the failover is tried again; pghalo then

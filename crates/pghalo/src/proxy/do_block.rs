@@ -274,8 +274,8 @@ enum Arg {
     /// String literals only (joined by `||` or adjacent): its value.
     Known(String),
     /// An expression holding literals (`'x'::text`, `lower('X')`, a nested
-    /// call): its literals joined, the nearest guess at its value.
-    Guess(String),
+    /// call): its literals, joined the nearest guess at its value.
+    Guess(Vec<String>),
     /// The word NULL.
     Null,
     /// Anything else (a variable, a number): unknown.
@@ -302,8 +302,8 @@ fn argument(
     let strings = || {
         lexemes
             .iter()
-            .filter_map(|i| contents.get(i).map(String::as_str))
-            .collect::<String>()
+            .filter_map(|i| contents.get(i).cloned())
+            .collect::<Vec<String>>()
     };
     let piece = |n: usize| &text[lexed[lexemes[n]].start..lexed[lexemes[n]].end];
     match kinds.as_slice() {
@@ -314,7 +314,7 @@ fn argument(
             && k.iter()
                 .all(|k| matches!(k, Kind::String | Kind::Punct(b'|'))) =>
         {
-            Arg::Known(strings())
+            Arg::Known(strings().concat())
         }
         k if k.contains(&Kind::String) => Arg::Guess(strings()),
         _ => Arg::Unknown,
@@ -381,7 +381,13 @@ fn evaluate_format(
         return unevaluated(literals);
     };
     let mut out = String::new();
+    // The same with each guessed argument as unknown: a guess may be
+    // wrong in a way that hides what follows (`coalesce(v, '--')`).
+    let mut alt = String::new();
     let mut next = 0usize;
+    // Guessed arguments used: their literals are also read as statements
+    // of their own, as where nothing is evaluated.
+    let mut guessed: Vec<&str> = Vec::new();
     let mut chars = spec.chars().peekable();
     // `%n$` at `chars`: n - 1, when it is there.
     let position = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
@@ -400,20 +406,26 @@ fn evaluate_format(
         }
     };
     while let Some(c) = chars.next() {
+        if out.len() + alt.len() > *budget {
+            return Format::Unreadable;
+        }
         if c != '%' {
             out.push(c);
+            alt.push(c);
             continue;
         }
         if chars.next_if_eq(&'%').is_some() {
             out.push('%');
+            alt.push('%');
             continue;
         }
-        // %[position$][flags][width]type
-        match position(&mut chars) {
-            Ok(Some(n)) => next = n,
-            Ok(None) => {}
-            Err(()) => return unevaluated(literals),
-        }
+        // %[position$][flags][width]type. As in PostgreSQL, a width from
+        // an argument (`*`, `*n$`) is read first, from the next argument
+        // or argument n, and the value is the argument after it unless
+        // the position says otherwise.
+        let Ok(argpos) = position(&mut chars) else {
+            return unevaluated(literals);
+        };
         let mut left = false;
         while chars.next_if_eq(&'-').is_some() {
             left = true;
@@ -422,13 +434,11 @@ fn evaluate_format(
         if chars.next_if_eq(&'*').is_some() {
             let index = match position(&mut chars) {
                 Ok(Some(n)) => n,
-                Ok(None) => {
-                    next += 1;
-                    next - 1
-                }
+                Ok(None) => next,
                 Err(()) => return unevaluated(literals),
             };
-            let Some(Arg::Known(n) | Arg::Guess(n)) = values.get(index) else {
+            next = index + 1;
+            let Some(Arg::Known(n)) = values.get(index) else {
                 return unevaluated(literals);
             };
             let Ok(n) = n.trim().parse::<i64>() else {
@@ -445,25 +455,39 @@ fn evaluate_format(
                 width = Some(digits.parse().unwrap_or(usize::MAX));
             }
         }
+        if let Some(n) = argpos {
+            next = n;
+        }
         let Some(value) = values.get(next) else {
             return unevaluated(literals);
         };
         next += 1;
-        let made = match (chars.next(), value) {
-            (Some('s'), Arg::Known(v) | Arg::Guess(v)) => v.clone(),
-            (Some('s'), Arg::Null) => String::new(),
-            (Some('s' | 'I'), Arg::Unknown) => "x".to_string(),
-            (Some('I'), Arg::Known(v) | Arg::Guess(v)) => {
+        if let Arg::Guess(parts) = value {
+            guessed.extend(parts.iter().map(String::as_str));
+        }
+        let text = match value {
+            Arg::Known(v) => Some(v.clone()),
+            Arg::Guess(parts) => Some(parts.concat()),
+            Arg::Null | Arg::Unknown => None,
+        };
+        let guess = matches!(value, Arg::Guess(_));
+        let made = match (chars.next(), text) {
+            (Some('s'), Some(v)) => v,
+            (Some('s'), None) if matches!(value, Arg::Null) => String::new(),
+            (Some('s' | 'I'), None) if matches!(value, Arg::Unknown) => "x".to_string(),
+            (Some('I'), Some(v)) => {
                 let bare = v.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
                     && v.chars()
                         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-                if bare {
-                    v.clone()
+                // A guess is not quoted: what it stands for may be a
+                // keyword PostgreSQL leaves bare.
+                if bare || guess {
+                    v
                 } else {
                     format!("\"{}\"", v.replace('"', "\"\""))
                 }
             }
-            (Some('L'), Arg::Known(v) | Arg::Guess(v)) => {
+            (Some('L'), Some(v)) => {
                 let quoted = format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"));
                 if v.contains('\\') {
                     format!("E{quoted}")
@@ -471,25 +495,41 @@ fn evaluate_format(
                     quoted
                 }
             }
-            (Some('L'), Arg::Null | Arg::Unknown) => "NULL".to_string(),
+            (Some('L'), None) => "NULL".to_string(),
             // PostgreSQL rejects it (a NULL identifier, an unknown type):
             // the statement runs nothing.
             _ => return unevaluated(literals),
         };
+        let unknown = match (guess, &made) {
+            (false, made) => made.as_str(),
+            (true, made) if made.starts_with('\'') || made.starts_with("E'") => "NULL",
+            (true, _) => "x",
+        };
         // Padding separates words, however wide: one space stands for it.
         let pad = width.is_some_and(|w| w > made.chars().count());
-        if pad && !left {
-            out.push(' ');
-        }
-        out.push_str(&made);
-        if pad && left {
-            out.push(' ');
-        }
-        if out.len() > *budget {
-            return Format::Unreadable;
+        for (text, value) in [(&mut out, made.as_str()), (&mut alt, unknown)] {
+            if pad && !left {
+                text.push(' ');
+            }
+            text.push_str(value);
+            if pad && left {
+                text.push(' ');
+            }
         }
     }
-    *budget -= out.len();
+    if !guessed.is_empty() {
+        for literal in guessed {
+            out.push_str(";\n");
+            out.push_str(literal);
+        }
+        out.push_str(";\n");
+        out.push_str(&alt);
+        out.push_str(";\n");
+    }
+    match budget.checked_sub(out.len()) {
+        Some(left) => *budget = left,
+        None => return Format::Unreadable,
+    }
     Format::Text(out, after)
 }
 
@@ -556,6 +596,14 @@ mod tests {
             // A format string joined from literals.
             "DO $$BEGIN EXECUTE format('LIS' || 'TEN %s', 'x'); END$$",
             "DO $$BEGIN EXECUTE format('') || format('') || format('%s', 'LISTEN x'); END$$",
+            // Widths from arguments, as PostgreSQL reads them.
+            "DO $$BEGIN EXECUTE format('%*1$s', 10, 'LISTEN x'); END$$",
+            "DO $$BEGIN EXECUTE format('SELECT %1$*s; LISTEN x', 5, '--'); END$$",
+            // Guessed arguments: also read literal by literal.
+            "DO $$BEGIN EXECUTE format('%s', format('%s', 'LISTEN x')); END$$",
+            "DO $$BEGIN EXECUTE format('%s', concat_ws(' ', 'LISTEN', 'x')); END$$",
+            "DO $$BEGIN EXECUTE format('%I x', lower('LISTEN')); END$$",
+            "DO $$BEGIN EXECUTE format('SELECT %s; LISTEN x', coalesce(v, '--')); END$$",
             // A format pghalo does not evaluate: each literal a statement.
             "DO $$BEGIN EXECUTE format(v, 'LISTEN x'); END$$",
         ] {
@@ -648,6 +696,19 @@ mod tests {
             "x".repeat(20_000)
         );
         assert!(matches!(one(&growing), Effect::Refuse(_)));
+        // Plain text after the budget is spent, in one call or the next.
+        let spent = format!(
+            "DO $$BEGIN EXECUTE format('{}z', '{}'); EXECUTE format('SELECT 1'); END$$",
+            "%1$s".repeat(8),
+            "a".repeat(8192)
+        );
+        assert!(matches!(one(&spent), Effect::Refuse(_)));
+        let spent = format!(
+            "DO $$BEGIN EXECUTE format('{}', '{}'); EXECUTE format('SELECT 1, 2, 3, 4'); END$$",
+            "%1$s".repeat(7),
+            "a".repeat(9360)
+        );
+        assert!(matches!(one(&spent), Effect::Refuse(_)));
         let repeated = format!(
             "DO $$BEGIN EXECUTE 'SELECT 1' {}; END$$",
             format!("|| format('%1$s%1$s%1$s', '{}') ", "x".repeat(1000)).repeat(1000)

@@ -307,6 +307,11 @@ pub(super) struct Relay<'a> {
     /// it was planned (session mode with load balancing), so that
     /// `client_message` need not read it again.
     planned_effects: Option<Vec<Effect>>,
+    /// While a segment is waited for (`segment_still_arriving`): how long
+    /// `cin` must grow before reading it again can tell more, so a client
+    /// sending a byte at a time does not make pghalo read the segment
+    /// again each time.
+    arriving_until: usize,
     /// Statements the client prepared for pgpool SHOW commands, which
     /// pghalo answers itself.
     show_statements: HashMap<Vec<u8>, show::ShowCommand>,
@@ -326,7 +331,14 @@ enum Plan {
     /// Not decidable yet: more of the request must arrive.
     Wait,
     Node(usize),
+    /// It binds the unnamed statement on a node the session cannot reach
+    /// any more (its connection let go, or the node down or detached).
+    Gone(String),
 }
+
+/// Where the unnamed statement lives once the connection it was prepared
+/// on is gone: nowhere.
+const UNNAMED_LOST: usize = usize::MAX;
 
 /// What an extended-protocol segment holds, as far as routing cares.
 #[derive(Default)]
@@ -335,6 +347,8 @@ struct Segment {
     complete: bool,
     /// How many of its messages have fully arrived.
     messages: usize,
+    /// How long the buffer must be for the next message to be whole.
+    needs: usize,
     /// The scan stopped before a Sync at something that will not change
     /// when more arrives: a Flush (the client waits for answers before it
     /// sends the rest) or a message it could not read.
@@ -420,6 +434,7 @@ impl<'a> Relay<'a> {
             standby_gone: false,
             unreadable: None,
             planned_effects: None,
+            arriving_until: 0,
         }
     }
 
@@ -833,7 +848,8 @@ impl<'a> Relay<'a> {
                 usize::try_from(len).is_ok_and(|len| self.cin.len() <= len)
             }),
             Some(&(fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE)) => {
-                self.segment_still_arriving(&self.scan_segment(&self.proxy.routing()))
+                self.waiting_known()
+                    || self.segment_still_arriving(&self.scan_segment(&self.proxy.routing()))
             }
             _ => false,
         }
@@ -849,6 +865,12 @@ impl<'a> Relay<'a> {
         !segment.complete
             && !segment.stopped
             && (segment.messages == 0 || self.cin.len() < HIGH_WATER)
+    }
+
+    /// Whether the segment waited for last time is still short of its
+    /// next whole message (nothing of `cin` is consumed while it waits).
+    fn waiting_known(&self) -> bool {
+        self.cin.len() < self.arriving_until && self.cin.len() < HIGH_WATER
     }
 
     /// One readiness poll of everything the relay may do next.
@@ -974,6 +996,7 @@ impl<'a> Relay<'a> {
                 match self.plan_request(tag, total) {
                     Plan::Wait => return None,
                     Plan::Node(node) => self.planned = Some(node),
+                    Plan::Gone(why) => return Some(End::NodeRetired(why)),
                 }
             }
             if let Some(node) = self.planned {
@@ -1337,6 +1360,14 @@ impl<'a> Relay<'a> {
         self.cancel.set_target(None);
         // Dropped: closed, never pooled.
         self.server = None;
+        // The unnamed statement went with it: a Bind of it cannot run
+        // anywhere now (see `plan_request`).
+        if let Some((node, known)) = &mut self.unnamed
+            && *node == self.key.node
+        {
+            *node = UNNAMED_LOST;
+            *known = None;
+        }
         // A request that has not fully arrived attaches before it is
         // planned, where the session is: that is now the primary, never
         // the standby just let go.
@@ -1442,10 +1473,15 @@ impl<'a> Relay<'a> {
             }
             fe::FUNCTION_CALL => need = Need::Primary,
             _ => {
-                let segment = self.scan_segment(&routing);
-                if !in_transaction && self.segment_still_arriving(&segment) {
+                if !in_transaction && self.waiting_known() {
                     return Plan::Wait;
                 }
+                let segment = self.scan_segment(&routing);
+                if !in_transaction && self.segment_still_arriving(&segment) {
+                    self.arriving_until = segment.needs;
+                    return Plan::Wait;
+                }
+                self.arriving_until = 0;
                 if !segment.complete || segment.primary {
                     need = Need::Primary;
                 }
@@ -1456,6 +1492,13 @@ impl<'a> Relay<'a> {
         let node = if in_transaction {
             self.key.node
         } else if let Some(node) = forced {
+            if node == UNNAMED_LOST || !self.node_usable(node) {
+                // Anywhere else it would bind another statement, or none.
+                return Plan::Gone(
+                    "terminating connection because the unnamed prepared statement was on a standby that is gone"
+                        .to_string(),
+                );
+            }
             node
         } else if runs.is_empty()
             && need == Need::Read
@@ -1574,6 +1617,18 @@ impl<'a> Relay<'a> {
                 }
             }
             at += total;
+        }
+        // The next message is not whole: when it will be, or, for a length
+        // no message has, never (the relay refuses it when it gets there).
+        match self.cin.get(at + 1..at + 5) {
+            Some(len) => {
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                match usize::try_from(len).ok().filter(|len| *len >= 4) {
+                    Some(len) => segment.needs = at + 1 + len,
+                    None => segment.stopped = true,
+                }
+            }
+            None => segment.needs = at + 5,
         }
         segment
     }

@@ -645,7 +645,7 @@ pub async fn cut_off_from_wal(lab: &Lab, node: &str) {
 }
 
 /// A raw protocol client: just enough to send a request in pieces.
-pub struct RawClient(tokio::net::TcpStream);
+pub struct RawClient(pub tokio::net::TcpStream);
 
 impl RawClient {
     /// Logs in as postgres (the proxy trusts it) and waits for
