@@ -641,6 +641,18 @@ async fn settle_on(client: &tokio_postgres::Client, port: i32) -> i32 {
     panic!("no read landed on port {port}");
 }
 
+/// Attaches node2 again by hand and waits until it takes reads.
+async fn attach_node2(config: &common::ProxyConfig, daemon: &Daemon) {
+    let (ok, reply) = ctl_attach(config, 2).await;
+    assert!(ok, "{reply}");
+    let attached = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(30), |s| s.nodes[2].is_routable())
+        .await;
+    assert!(attached.is_ok(), "{attached:#?}");
+}
+
 /// A session idle on a standby is not held there. Detached by hand, the
 /// standby is left quietly and the next request runs elsewhere. Found down
 /// while its backend still runs (here the postmaster and that backend
@@ -695,14 +707,7 @@ async fn a_session_idle_on_a_lost_standby_moves_on() {
         .unwrap_or_else(|| panic!("no row: {rows:?}"));
     assert_ne!(port, node2.to_string(), "a read reached the detached node2");
     drop(postmaster);
-    let (ok, reply) = ctl_attach(&config, 2).await;
-    assert!(ok, "{reply}");
-    let attached = daemon
-        .cluster()
-        .view()
-        .wait_for(Duration::from_secs(30), |s| s.nodes[2].is_routable())
-        .await;
-    assert!(attached.is_ok(), "{attached:#?}");
+    attach_node2(&config, &daemon).await;
     settle_on(&client, node2).await;
     let (ok, reply) = ctl_detach(&config, 2).await;
     assert!(ok, "{reply}");
@@ -720,14 +725,7 @@ async fn a_session_idle_on_a_lost_standby_moves_on() {
             .get(0);
         assert_ne!(port, node2, "a read reached the detached node2");
     }
-    let (ok, reply) = ctl_attach(&config, 2).await;
-    assert!(ok, "{reply}");
-    let attached = daemon
-        .cluster()
-        .view()
-        .wait_for(Duration::from_secs(30), |s| s.nodes[2].is_routable())
-        .await;
-    assert!(attached.is_ok(), "{attached:#?}");
+    attach_node2(&config, &daemon).await;
 
     let backend = settle_on(&client, node2).await;
     let postmaster = common::stop_process(postmaster_pid(lab, "node2"));
@@ -755,33 +753,35 @@ async fn a_session_idle_on_a_lost_standby_moves_on() {
     daemon.stop();
 }
 
+/// A fresh lab with pghalo balancing each statement in front of it,
+/// trusting a raw client, and such a client logged in; node2's port.
+async fn raw_session(
+    tag: &str,
+) -> (
+    TestLab,
+    common::ProxyConfig,
+    Daemon,
+    common::RawClient,
+    String,
+) {
+    trace();
+    let test_lab = TestLab::build(tag, |_| {});
+    let (config, daemon) = common::trusting_balanced_proxy(&test_lab.lab, tag).await;
+    let node2 = test_lab.lab.node("node2").unwrap().port.to_string();
+    let client = common::RawClient::login(config.port).await;
+    (test_lab, config, daemon, client, node2)
+}
+
 /// A session whose next request is still arriving when its idle
 /// standby's connection ends (here its backend is terminated) goes on:
 /// nothing of the request was sent there, so it runs where it is planned
 /// once whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_still_arriving_when_its_standby_connection_ends_moves_on() {
-    trace();
-    let test_lab = TestLab::build("failover-arriving", |_| {});
+    let (test_lab, _config, daemon, mut client, node2) = raw_session("failover-arriving").await;
     let lab = &test_lab.lab;
-    let (config, daemon) = common::trusting_balanced_proxy(lab, "failover-arriving").await;
-    let node2 = lab.node("node2").unwrap().port.to_string();
-
-    let mut client = common::RawClient::login(config.port).await;
-    let mut backend = None;
-    for _ in 0..300 {
-        client
-            .send(&common::query_message(
-                "SELECT inet_server_port(), pg_backend_pid()",
-            ))
-            .await;
-        let row = common::first_row(&client.until_ready().await);
-        if row[0] == node2 {
-            backend = Some(row[1].parse::<i32>().unwrap());
-            break;
-        }
-    }
-    let backend = backend.expect("no read landed on node2");
+    let row = client.read_until(|port| port == node2).await;
+    let backend: i32 = row[1].parse().unwrap();
 
     let request = common::query_message("SELECT inet_server_port(), pg_backend_pid()");
     let (head, rest) = request.split_at(10);
@@ -832,44 +832,24 @@ async fn a_request_still_arriving_when_its_standby_connection_ends_moves_on() {
 /// anywhere else it would bind another statement or none.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bind_of_an_unnamed_statement_on_a_detached_standby_ends_the_session() {
-    trace();
-    let test_lab = TestLab::build("failover-unnamed", |_| {});
-    let lab = &test_lab.lab;
-    let (config, daemon) = common::trusting_balanced_proxy(lab, "failover-unnamed").await;
-    let node2 = lab.node("node2").unwrap().port.to_string();
-    let mut client = common::RawClient::login(config.port).await;
-    let mut on_node2 = false;
-    for _ in 0..300 {
-        client
-            .send(&common::query_message("SELECT inet_server_port()"))
-            .await;
-        if common::first_row(&client.until_ready().await)[0] == node2 {
-            on_node2 = true;
-            break;
-        }
-    }
-    assert!(on_node2, "no read landed on node2");
+    let (_test_lab, config, daemon, mut client, node2) = raw_session("failover-unnamed").await;
+    client.read_until(|port| port == node2).await;
     // Prepared where the session is (a segment that runs nothing stays).
-    let sql = "SELECT inet_server_port()";
-    let mut prepare = common::frontend_message(b'P', format!("\0{sql}\0\0\0").as_bytes());
-    prepare.extend(common::frontend_message(b'D', b"S\0"));
-    prepare.extend(common::frontend_message(b'S', b""));
-    client.send(&prepare).await;
+    client
+        .send(&common::prepare_unnamed("SELECT inet_server_port()"))
+        .await;
     client.until_ready().await;
-    // Reads until one moves the session off node2 (its connection parked).
-    let mut moved = false;
-    for _ in 0..300 {
-        client
-            .send(&common::query_message("SELECT inet_server_port()"))
-            .await;
-        if common::first_row(&client.until_ready().await)[0] != node2 {
-            moved = true;
-            break;
-        }
-    }
-    assert!(moved, "every read stayed on node2");
+    // A read that moves the session off node2 (its connection parked).
+    client.read_until(|port| port != node2).await;
     let (ok, reply) = ctl_detach(&config, 2).await;
     assert!(ok, "{reply}");
+    // The request queued the decision; the relay reads the published view.
+    let detached = daemon
+        .cluster()
+        .view()
+        .wait_for(Duration::from_secs(10), |s| s.nodes[2].detached)
+        .await;
+    assert!(detached.is_ok(), "{detached:#?}");
     let mut execute = common::frontend_message(b'B', b"\0\0\0\0\0\0\0\0");
     execute.extend(common::frontend_message(b'E', b"\0\0\0\0\0"));
     execute.extend(common::frontend_message(b'S', b""));

@@ -848,10 +848,7 @@ async fn show_pool_nodes_lists_every_node() {
 async fn a_large_bind_of_the_unnamed_statement_follows_it() {
     let _turn = SERIAL.lock().await;
     let (config, daemon) = common::trusting_balanced_proxy(lab(), "balance-large-bind").await;
-    let sql = "SELECT inet_server_port(), length($1::text)";
-    let mut prepare = common::frontend_message(b'P', format!("\0{sql}\0\0\0").as_bytes());
-    prepare.extend(common::frontend_message(b'D', b"S\0"));
-    prepare.extend(common::frontend_message(b'S', b""));
+    let prepare = common::prepare_unnamed("SELECT inet_server_port(), length($1::text)");
     let large = "x".repeat(200_000);
     let mut bind = b"\0\0\0\0\0\x01".to_vec();
     bind.extend_from_slice(&(large.len() as i32).to_be_bytes());

@@ -183,6 +183,10 @@ fn executed(stmt: &Statement<'_>, depth: u8, budget: &mut usize) -> Option<Strin
             .is_some_and(|l| l.kind == Kind::Word && text[l.start..l.end].eq_ignore_ascii_case(w))
     };
     let mut joined = String::new();
+    // Texts read on their own, each a statement list: what a format()
+    // call might also make (see `Format`). Joined, one with an odd quote
+    // would swallow the others.
+    let mut separate: Vec<String> = Vec::new();
     let mut after_execute = false;
     let mut literals = 0;
     // A call without its closing parenthesis is read to the end of the
@@ -208,20 +212,17 @@ fn executed(stmt: &Statement<'_>, depth: u8, budget: &mut usize) -> Option<Strin
                     return Some(UNREADABLE.to_string());
                 }
                 match evaluate_format(text, &lexed, i + 1, budget) {
-                    Format::Text(evaluated, after) => {
+                    Format::Text(evaluated, also, after) => {
                         joined.push_str(&evaluated);
+                        separate.extend(also);
                         literals += 1;
                         i = after;
                     }
                     // Each literal read as a statement of its own: which
                     // of them the call puts first is not known.
                     Format::Unevaluated(parts, after) => {
-                        for part in parts {
-                            joined.push_str(";\n");
-                            joined.push_str(&part);
-                            literals += 1;
-                        }
-                        joined.push_str(";\n");
+                        literals += parts.len();
+                        separate.extend(parts);
                         i = after;
                     }
                     Format::Unreadable => return Some(UNREADABLE.to_string()),
@@ -249,13 +250,17 @@ fn executed(stmt: &Statement<'_>, depth: u8, budget: &mut usize) -> Option<Strin
     if depth + 1 >= MAX_DEPTH {
         return Some("dynamic SQL nested this deep".to_string());
     }
-    body_effect(&joined, depth + 1)
+    std::iter::once(&joined)
+        .chain(&separate)
+        .find_map(|text| body_effect(text, depth + 1))
 }
 
 /// What a `format()` call evaluates to, as far as pghalo knows.
 enum Format {
-    /// Its text, and the index of the lexeme after its closing parenthesis.
-    Text(String, usize),
+    /// Its text, other texts it may make (read each on its own: see
+    /// [`evaluate_format`]), and the index of the lexeme after its closing
+    /// parenthesis.
+    Text(String, Vec<String>, usize),
     /// Not a format string pghalo evaluates (not made of literals, a width
     /// from an argument that is not a number, a type PostgreSQL rejects,
     /// too few arguments): the string literals inside the call, each of
@@ -274,8 +279,9 @@ enum Arg {
     /// String literals only (joined by `||` or adjacent): its value.
     Known(String),
     /// An expression holding literals (`'x'::text`, `lower('X')`, a nested
-    /// call): its literals, joined the nearest guess at its value.
-    Guess(Vec<String>),
+    /// call): its literals joined (the nearest guess at its value), and
+    /// each of them.
+    Guess(String, Vec<String>),
     /// The word NULL.
     Null,
     /// Anything else (a variable, a number): unknown.
@@ -316,7 +322,10 @@ fn argument(
         {
             Arg::Known(strings().concat())
         }
-        k if k.contains(&Kind::String) => Arg::Guess(strings()),
+        k if k.contains(&Kind::String) => {
+            let parts = strings();
+            Arg::Guess(parts.concat(), parts)
+        }
         _ => Arg::Unknown,
     }
 }
@@ -326,7 +335,9 @@ fn argument(
 /// `-` flags, a width, also `*` from an argument), with each argument in
 /// its place as far as pghalo knows it (see [`Arg`]): an unknown one
 /// becomes `x` for `%s` and `%I` and NULL for `%L`, so unknown text reads
-/// as no statement, as a variable alone does. A width pads with one space,
+/// as no statement, as a variable alone does. Where a guessed argument is
+/// used, the text is also made with it unknown, and each of its literals
+/// is read as a statement too (all of these on their own). A width pads with one space,
 /// enough to separate words. `%I` is never quoted for a plain lowercase
 /// name (PostgreSQL leaves unreserved keywords such as `listen` bare), so a
 /// keyword it makes is seen. What it makes is charged to `budget`.
@@ -381,13 +392,14 @@ fn evaluate_format(
         return unevaluated(literals);
     };
     let mut out = String::new();
-    // The same with each guessed argument as unknown: a guess may be
-    // wrong in a way that hides what follows (`coalesce(v, '--')`).
-    let mut alt = String::new();
+    // The same with each guessed argument as unknown, from the first guess
+    // on (until then it is `out`): a guess may be wrong in a way that
+    // hides what follows (`coalesce(v, '--')`).
+    let mut alt: Option<String> = None;
     let mut next = 0usize;
-    // Guessed arguments used: their literals are also read as statements
-    // of their own, as where nothing is evaluated.
-    let mut guessed: Vec<&str> = Vec::new();
+    // Guessed arguments used (each once): their literals are also read as
+    // statements of their own, as where nothing is evaluated.
+    let mut guessed = vec![false; values.len()];
     let mut chars = spec.chars().peekable();
     // `%n$` at `chars`: n - 1, when it is there.
     let position = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
@@ -406,17 +418,21 @@ fn evaluate_format(
         }
     };
     while let Some(c) = chars.next() {
-        if out.len() + alt.len() > *budget {
+        if out.len() + alt.as_ref().map_or(0, String::len) > *budget {
             return Format::Unreadable;
         }
         if c != '%' {
             out.push(c);
-            alt.push(c);
+            if let Some(alt) = &mut alt {
+                alt.push(c);
+            }
             continue;
         }
         if chars.next_if_eq(&'%').is_some() {
             out.push('%');
-            alt.push('%');
+            if let Some(alt) = &mut alt {
+                alt.push('%');
+            }
             continue;
         }
         // %[position$][flags][width]type. As in PostgreSQL, a width from
@@ -462,15 +478,15 @@ fn evaluate_format(
             return unevaluated(literals);
         };
         next += 1;
-        if let Arg::Guess(parts) = value {
-            guessed.extend(parts.iter().map(String::as_str));
+        if let (Arg::Guess(..), Some(seen)) = (value, guessed.get_mut(next - 1)) {
+            *seen = true;
         }
         let text = match value {
             Arg::Known(v) => Some(v.clone()),
-            Arg::Guess(parts) => Some(parts.concat()),
+            Arg::Guess(joined, _) => Some(joined.clone()),
             Arg::Null | Arg::Unknown => None,
         };
-        let guess = matches!(value, Arg::Guess(_));
+        let guess = matches!(value, Arg::Guess(..));
         let made = match (chars.next(), text) {
             (Some('s'), Some(v)) => v,
             (Some('s'), None) if matches!(value, Arg::Null) => String::new(),
@@ -505,9 +521,16 @@ fn evaluate_format(
             (true, made) if made.starts_with('\'') || made.starts_with("E'") => "NULL",
             (true, _) => "x",
         };
+        if guess && alt.is_none() {
+            alt = Some(out.clone());
+        }
         // Padding separates words, however wide: one space stands for it.
         let pad = width.is_some_and(|w| w > made.chars().count());
-        for (text, value) in [(&mut out, made.as_str()), (&mut alt, unknown)] {
+        let texts = [
+            Some((&mut out, made.as_str())),
+            alt.as_mut().map(|a| (a, unknown)),
+        ];
+        for (text, value) in texts.into_iter().flatten() {
             if pad && !left {
                 text.push(' ');
             }
@@ -517,20 +540,18 @@ fn evaluate_format(
             }
         }
     }
-    if !guessed.is_empty() {
-        for literal in guessed {
-            out.push_str(";\n");
-            out.push_str(literal);
+    let mut also: Vec<String> = alt.into_iter().collect();
+    for (value, _) in values.iter().zip(&guessed).filter(|(_, seen)| **seen) {
+        if let Arg::Guess(_, parts) = value {
+            also.extend(parts.iter().cloned());
         }
-        out.push_str(";\n");
-        out.push_str(&alt);
-        out.push_str(";\n");
     }
-    match budget.checked_sub(out.len()) {
+    let made = out.len() + also.iter().map(String::len).sum::<usize>();
+    match budget.checked_sub(made) {
         Some(left) => *budget = left,
         None => return Format::Unreadable,
     }
-    Format::Text(out, after)
+    Format::Text(out, also, after)
 }
 
 #[cfg(test)]
@@ -604,6 +625,10 @@ mod tests {
             "DO $$BEGIN EXECUTE format('%s', concat_ws(' ', 'LISTEN', 'x')); END$$",
             "DO $$BEGIN EXECUTE format('%I x', lower('LISTEN')); END$$",
             "DO $$BEGIN EXECUTE format('SELECT %s; LISTEN x', coalesce(v, '--')); END$$",
+            // Pieces read each on its own: an odd quote in one does not
+            // swallow the others.
+            "DO $$BEGIN EXECUTE format(v, 'a''', 'LISTEN y', ''''); END$$",
+            "DO $$BEGIN EXECUTE format('SELECT %s %s; LISTEN x; SELECT ''%s', replace('--', '-', ''), concat('''', v), concat(w, '')); END$$",
             // A format pghalo does not evaluate: each literal a statement.
             "DO $$BEGIN EXECUTE format(v, 'LISTEN x'); END$$",
         ] {
@@ -696,19 +721,29 @@ mod tests {
             "x".repeat(20_000)
         );
         assert!(matches!(one(&growing), Effect::Refuse(_)));
-        // Plain text after the budget is spent, in one call or the next.
-        let spent = format!(
-            "DO $$BEGIN EXECUTE format('{}z', '{}'); EXECUTE format('SELECT 1'); END$$",
-            "%1$s".repeat(8),
-            "a".repeat(8192)
+        // Plain text after the budget (64 KiB here) is spent, in the same
+        // call or the next.
+        for (copies, length, after, next) in [
+            (8, 8192, "z", "SELECT 1"),
+            (7, 9360, "", "SELECT 1, 2, 3, 4, 5"),
+        ] {
+            let spent = format!(
+                "DO $$BEGIN EXECUTE format('{}{after}', '{}'); EXECUTE format('{next}'); END$$",
+                "%1$s".repeat(copies),
+                "a".repeat(length)
+            );
+            assert!(
+                matches!(one(&spent), Effect::Refuse(_)),
+                "{copies} x {length}"
+            );
+        }
+        // A guessed argument used many times counts once.
+        let guesses = format!(
+            "DO $$BEGIN EXECUTE format('{}', concat({})); END$$",
+            "%1$s".repeat(20_000),
+            vec!["''"; 5_000].join(", ")
         );
-        assert!(matches!(one(&spent), Effect::Refuse(_)));
-        let spent = format!(
-            "DO $$BEGIN EXECUTE format('{}', '{}'); EXECUTE format('SELECT 1, 2, 3, 4'); END$$",
-            "%1$s".repeat(7),
-            "a".repeat(9360)
-        );
-        assert!(matches!(one(&spent), Effect::Refuse(_)));
+        assert_eq!(one(&guesses), Effect::Plain);
         let repeated = format!(
             "DO $$BEGIN EXECUTE 'SELECT 1' {}; END$$",
             format!("|| format('%1$s%1$s%1$s', '{}') ", "x".repeat(1000)).repeat(1000)

@@ -340,6 +340,8 @@ enum Plan {
 /// on is gone: nowhere.
 const UNNAMED_LOST: usize = usize::MAX;
 
+const UNNAMED_GONE: &str = "terminating connection because the unnamed prepared statement is on a server connection that is gone";
+
 /// What an extended-protocol segment holds, as far as routing cares.
 #[derive(Default)]
 struct Segment {
@@ -502,6 +504,7 @@ impl<'a> Relay<'a> {
                     // primary that is down is waited for (or its
                     // successor); a standby's read goes to the primary.
                     let failed = self.key.node;
+                    self.unnamed_lost_on(failed);
                     let mut node = self.proxy.after_unreachable(failed).await;
                     if node == failed && self.balancing && failed != self.proxy.primary_node() {
                         node = self.proxy.primary_node();
@@ -867,6 +870,19 @@ impl<'a> Relay<'a> {
             && (segment.messages == 0 || self.cin.len() < HIGH_WATER)
     }
 
+    /// Drops `n` bytes from the head of `cin`: the request waited for, if
+    /// any, is no longer at its head.
+    fn consume(&mut self, n: usize) {
+        self.cin.advance(n);
+        self.arriving_until = 0;
+    }
+
+    /// Takes the whole message of `total` bytes at the head of `cin`.
+    fn take_message(&mut self, total: usize) -> Bytes {
+        self.arriving_until = 0;
+        self.cin.split_to(total).freeze()
+    }
+
     /// Whether the segment waited for last time is still short of its
     /// next whole message (nothing of `cin` is consumed while it waits).
     fn waiting_known(&self) -> bool {
@@ -942,7 +958,7 @@ impl<'a> Relay<'a> {
                 self.server.as_ref()?;
                 let n = self.client_skip.min(self.cin.len());
                 self.sout.extend_from_slice(&self.cin[..n]);
-                self.cin.advance(n);
+                self.consume(n);
                 self.client_skip -= n;
                 if self.client_skip > 0 {
                     return None;
@@ -968,7 +984,7 @@ impl<'a> Relay<'a> {
                 if self.cin.len() < total {
                     return None;
                 }
-                self.cin.advance(total);
+                self.consume(total);
                 continue;
             }
             // Everything below needs a server connection (the caller
@@ -1038,7 +1054,7 @@ impl<'a> Relay<'a> {
                 self.cin.reserve(total - self.cin.len());
                 return None;
             }
-            let message = self.cin.split_to(total).freeze();
+            let message = self.take_message(total);
             if let Err(end) = self.client_message(tag, message) {
                 return Some(end);
             }
@@ -1060,7 +1076,7 @@ impl<'a> Relay<'a> {
                 let mut reply = BytesMut::new();
                 self.write_show(command, &mut reply, true);
                 be::write_ready_for_query(&mut reply, self.client_tx_status());
-                self.cin.advance(total);
+                self.consume(total);
                 self.queue.push_back(Expect::Synthetic(reply.freeze()));
                 self.emit_synthetic();
                 Some(true)
@@ -1253,7 +1269,7 @@ impl<'a> Relay<'a> {
                 self.show_statements.insert(name, command);
             }
         }
-        self.cin.advance(at);
+        self.consume(at);
         self.queue.push_back(Expect::Synthetic(replies.freeze()));
         self.emit_synthetic();
         true
@@ -1351,6 +1367,37 @@ impl<'a> Relay<'a> {
         })
     }
 
+    /// With load balancing, whether the unnamed statement the client
+    /// prepared is not on the current server connection (lost with a
+    /// connection, or on another node's): a Bind or Describe of it here
+    /// would find another statement, or none. The last guard behind
+    /// `plan_request`'s forcing.
+    fn unnamed_elsewhere(&self) -> bool {
+        self.balancing
+            && self
+                .unnamed
+                .as_ref()
+                .is_some_and(|(node, _)| *node != self.key.node)
+    }
+
+    /// Whether a decision detached `node` (a failed check alone does not).
+    fn node_detached(&self, node: usize) -> bool {
+        self.proxy.topology().is_some_and(|s| {
+            s.node(crate::cluster::NodeId(node))
+                .is_some_and(|n| n.detached)
+        })
+    }
+
+    /// The unnamed statement was on `node`'s connection, which is gone.
+    fn unnamed_lost_on(&mut self, node: usize) {
+        if let Some((on, known)) = &mut self.unnamed
+            && *on == node
+        {
+            *on = UNNAMED_LOST;
+            *known = None;
+        }
+    }
+
     fn let_standby_go(&mut self) {
         tracing::debug!(
             client = self.cancel.pid,
@@ -1362,12 +1409,7 @@ impl<'a> Relay<'a> {
         self.server = None;
         // The unnamed statement went with it: a Bind of it cannot run
         // anywhere now (see `plan_request`).
-        if let Some((node, known)) = &mut self.unnamed
-            && *node == self.key.node
-        {
-            *node = UNNAMED_LOST;
-            *known = None;
-        }
+        self.unnamed_lost_on(self.key.node);
         // A request that has not fully arrived attaches before it is
         // planned, where the session is: that is now the primary, never
         // the standby just let go.
@@ -1492,12 +1534,9 @@ impl<'a> Relay<'a> {
         let node = if in_transaction {
             self.key.node
         } else if let Some(node) = forced {
-            if node == UNNAMED_LOST || !self.node_usable(node) {
+            if node == UNNAMED_LOST || self.node_detached(node) {
                 // Anywhere else it would bind another statement, or none.
-                return Plan::Gone(
-                    "terminating connection because the unnamed prepared statement was on a standby that is gone"
-                        .to_string(),
-                );
+                return Plan::Gone(UNNAMED_GONE.to_string());
             }
             node
         } else if runs.is_empty()
@@ -1678,6 +1717,12 @@ impl<'a> Relay<'a> {
                 self.unsynced = true;
                 let target = fe::TargetName::parse_describe(&body)
                     .map_err(|e| End::ClientProtocol(e.to_string()))?;
+                if target.target == fe::Target::Statement
+                    && target.name.as_bytes().is_empty()
+                    && self.unnamed_elsewhere()
+                {
+                    return Err(End::NodeRetired(UNNAMED_GONE.to_string()));
+                }
                 match self.statement_for(target.target, target.name.as_bytes()) {
                     Some((server_name, rest, _)) => {
                         self.ensure_prepared(&server_name, &rest);
@@ -1803,7 +1848,7 @@ impl<'a> Relay<'a> {
                 class,
             },
         );
-        self.cin.advance(parse_len + 5);
+        self.consume(parse_len + 5);
         be::write_parse_complete(&mut self.cout);
         be::write_ready_for_query(&mut self.cout, TransactionStatus::Idle);
         true
@@ -1887,6 +1932,9 @@ impl<'a> Relay<'a> {
     fn client_bind(&mut self, message: Bytes, body: &Bytes) -> Result<(), End> {
         self.unsynced = true;
         let bind = Bind::parse(body).map_err(|e| End::ClientProtocol(e.to_string()))?;
+        if bind.statement.as_bytes().is_empty() && self.unnamed_elsewhere() {
+            return Err(End::NodeRetired(UNNAMED_GONE.to_string()));
+        }
         let effects = match self.statement_for(fe::Target::Statement, bind.statement.as_bytes()) {
             Some((server_name, rest, effects)) => {
                 self.ensure_prepared(&server_name, &rest);

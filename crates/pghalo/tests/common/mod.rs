@@ -668,6 +668,23 @@ impl RawClient {
         client
     }
 
+    /// Reads `SELECT inet_server_port(), pg_backend_pid()` until the
+    /// port is one `wanted` accepts (statement-level balancing moves the
+    /// session each time); the row.
+    pub async fn read_until(&mut self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        for _ in 0..300 {
+            self.send(&query_message(
+                "SELECT inet_server_port(), pg_backend_pid()",
+            ))
+            .await;
+            let row = first_row(&self.until_ready().await);
+            if wanted(&row[0]) {
+                return row;
+            }
+        }
+        panic!("300 reads, none where wanted");
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
         self.0.write_all(bytes).await.expect("writing to pghalo");
@@ -739,6 +756,15 @@ pub fn first_row(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
             value
         })
         .collect()
+}
+
+/// Parse of the unnamed statement `sql` (no parameter types), Describe of
+/// it, Sync.
+pub fn prepare_unnamed(sql: &str) -> Vec<u8> {
+    let mut messages = frontend_message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    messages.extend(frontend_message(b'D', b"S\0"));
+    messages.extend(frontend_message(b'S', b""));
+    messages
 }
 
 /// A frontend message: `tag`, its length, `body`.
