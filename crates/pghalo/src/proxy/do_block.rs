@@ -183,8 +183,12 @@ fn executed(stmt: &Statement<'_>, depth: u8, budget: &mut usize) -> Option<Strin
             .is_some_and(|l| l.kind == Kind::Word && text[l.start..l.end].eq_ignore_ascii_case(w))
     };
     let mut joined = String::new();
-    // Texts read on their own, each a statement list: what a format()
-    // call might also make (see `Format`). Joined, one with an odd quote
+    // The same from the first format() call with a guessed argument on,
+    // with that call's text made with the guesses unknown: a guess such as
+    // `coalesce(v, '--')` may hide what follows the call, too.
+    let mut joined_alt: Option<String> = None;
+    // Texts read on their own, each a statement list: a guessed
+    // argument's literals (see `Format`). Joined, one with an odd quote
     // would swallow the others.
     let mut separate: Vec<String> = Vec::new();
     let mut after_execute = false;
@@ -212,9 +216,16 @@ fn executed(stmt: &Statement<'_>, depth: u8, budget: &mut usize) -> Option<Strin
                     return Some(UNREADABLE.to_string());
                 }
                 match evaluate_format(text, &lexed, i + 1, budget) {
-                    Format::Text(evaluated, also, after) => {
+                    Format::Text(evaluated, alt, parts, after) => {
+                        match (&mut joined_alt, alt) {
+                            (Some(text), alt) => {
+                                text.push_str(alt.as_deref().unwrap_or(&evaluated))
+                            }
+                            (None, Some(alt)) => joined_alt = Some(format!("{joined}{alt}")),
+                            (None, None) => {}
+                        }
                         joined.push_str(&evaluated);
-                        separate.extend(also);
+                        separate.extend(parts);
                         literals += 1;
                         i = after;
                     }
@@ -235,7 +246,12 @@ fn executed(stmt: &Statement<'_>, depth: u8, budget: &mut usize) -> Option<Strin
                 // U&'...': the escapes would have to be decoded.
                 let unicode = lexeme.start > 0 && text.as_bytes()[lexeme.start - 1] == b'&';
                 match string_content(piece).filter(|_| !unicode) {
-                    Some(content) => joined.push_str(&content),
+                    Some(content) => {
+                        if let Some(text) = &mut joined_alt {
+                            text.push_str(&content);
+                        }
+                        joined.push_str(&content);
+                    }
                     None => return Some("dynamic SQL pghalo cannot read".to_string()),
                 }
                 literals += 1;
@@ -251,16 +267,18 @@ fn executed(stmt: &Statement<'_>, depth: u8, budget: &mut usize) -> Option<Strin
         return Some("dynamic SQL nested this deep".to_string());
     }
     std::iter::once(&joined)
+        .chain(&joined_alt)
         .chain(&separate)
         .find_map(|text| body_effect(text, depth + 1))
 }
 
 /// What a `format()` call evaluates to, as far as pghalo knows.
 enum Format {
-    /// Its text, other texts it may make (read each on its own: see
-    /// [`evaluate_format`]), and the index of the lexeme after its closing
+    /// Its text; the same made with its guessed arguments unknown, if it
+    /// has any; their literals (each read on its own: see
+    /// [`evaluate_format`]); and the index of the lexeme after its closing
     /// parenthesis.
-    Text(String, Vec<String>, usize),
+    Text(String, Option<String>, Vec<String>, usize),
     /// Not a format string pghalo evaluates (not made of literals, a width
     /// from an argument that is not a number, a type PostgreSQL rejects,
     /// too few arguments): the string literals inside the call, each of
@@ -540,18 +558,22 @@ fn evaluate_format(
             }
         }
     }
-    let mut also: Vec<String> = alt.into_iter().collect();
+    let mut parts: Vec<String> = Vec::new();
     for (value, _) in values.iter().zip(&guessed).filter(|(_, seen)| **seen) {
-        if let Arg::Guess(_, parts) = value {
-            also.extend(parts.iter().cloned());
+        if let Arg::Guess(_, literals) = value {
+            parts.extend(literals.iter().cloned());
         }
     }
-    let made = out.len() + also.iter().map(String::len).sum::<usize>();
+    // `executed` may copy what came before the call into its second
+    // reading: counted as the alternative's length again, at most.
+    let made = out.len()
+        + 2 * alt.as_ref().map_or(0, String::len)
+        + parts.iter().map(String::len).sum::<usize>();
     match budget.checked_sub(made) {
         Some(left) => *budget = left,
         None => return Format::Unreadable,
     }
-    Format::Text(out, also, after)
+    Format::Text(out, alt, parts, after)
 }
 
 #[cfg(test)]
@@ -625,8 +647,9 @@ mod tests {
             "DO $$BEGIN EXECUTE format('%s', concat_ws(' ', 'LISTEN', 'x')); END$$",
             "DO $$BEGIN EXECUTE format('%I x', lower('LISTEN')); END$$",
             "DO $$BEGIN EXECUTE format('SELECT %s; LISTEN x', coalesce(v, '--')); END$$",
-            // Pieces read each on its own: an odd quote in one does not
-            // swallow the others.
+            "DO $$BEGIN EXECUTE format('%s', coalesce(v, '--')) || '; LISTEN y'; END$$",
+            // An odd quote in a piece: refused, as the LISTEN or as text
+            // pghalo cannot read, never let through.
             "DO $$BEGIN EXECUTE format(v, 'a''', 'LISTEN y', ''''); END$$",
             "DO $$BEGIN EXECUTE format('SELECT %s %s; LISTEN x; SELECT ''%s', replace('--', '-', ''), concat('''', v), concat(w, '')); END$$",
             // A format pghalo does not evaluate: each literal a statement.
