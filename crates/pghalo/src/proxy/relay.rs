@@ -811,12 +811,7 @@ impl<'a> Relay<'a> {
     /// write is over (committed or not: a position past a rollback only
     /// keeps reads on the primary a little longer).
     async fn read_write_position(&mut self) {
-        let primary = self
-            .proxy
-            .topology()
-            .and_then(|s| s.primary)
-            .map_or_else(|| self.proxy.primary_node(), |id| id.index());
-        if self.key.node != primary {
+        if self.key.node != self.proxy.primary_node() {
             return;
         }
         let Some(conn) = self.server.as_mut().and_then(|p| p.get()) else {
@@ -846,10 +841,8 @@ impl<'a> Relay<'a> {
             return false;
         }
         match self.cin.first() {
-            Some(&fe::QUERY) => self.cin.get(1..5).is_some_and(|len| {
-                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-                usize::try_from(len).is_ok_and(|len| self.cin.len() <= len)
-            }),
+            // (A length no message has ends the session before this.)
+            Some(&fe::QUERY) => whole_message(&self.cin, 0).is_none(),
             Some(&(fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE)) => {
                 self.waiting_known()
                     || self.segment_still_arriving(&self.scan_segment(&self.proxy.routing()))
@@ -1305,7 +1298,7 @@ impl<'a> Relay<'a> {
     /// may run elsewhere.
     fn standby_between_requests(&self) -> bool {
         self.balancing
-            && self.key.node != self.primary_index()
+            && self.key.node != self.proxy.primary_node()
             && self.in_sync()
             && self.tx_status == b'I'
     }
@@ -1413,16 +1406,7 @@ impl<'a> Relay<'a> {
         // A request that has not fully arrived attaches before it is
         // planned, where the session is: that is now the primary, never
         // the standby just let go.
-        self.retarget(self.primary_index());
-    }
-
-    /// The primary's index: the published topology's, else the configured
-    /// one.
-    fn primary_index(&self) -> usize {
-        self.proxy
-            .topology()
-            .and_then(|s| s.primary)
-            .map_or_else(|| self.proxy.primary_node(), |id| id.index())
+        self.retarget(self.proxy.primary_node());
     }
 
     /// The server now reads the session's text in a way pghalo does not
